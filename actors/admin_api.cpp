@@ -1,0 +1,165 @@
+#include "actors/admin_api.hpp"
+
+#include <caf/all.hpp>
+
+#include "protocol/admin_routes.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/log.hpp"
+#include "protocol/validation.hpp"
+
+namespace mg {
+
+namespace {
+
+struct admin_api_state {
+  admin_api_options options;
+  static inline const char* name = "modelgate.admin_api";
+};
+
+using admin_api_self = admin_api_actor::stateful_pointer<admin_api_state>;
+using exchange_ptr = std::shared_ptr<http_exchange>;
+
+void respond_json(const exchange_ptr& ex, int status, const nlohmann::json& body) {
+  ex->respond({status, body.dump(), "application/json", {}});
+}
+
+void respond_error(const exchange_ptr& ex, const api_error& err,
+                   std::vector<std::pair<std::string, std::string>> headers = {}) {
+  ex->respond({http_status(err.code), error_body(err), "application/json", std::move(headers)});
+}
+
+void respond_caf_error(const exchange_ptr& ex, const caf::error& err) {
+  respond_error(ex, to_api_error(err));
+}
+
+/// Reads the `GET /v1/servers` query into a filter, or says which parameter is wrong.
+std::optional<api_error> parse_list_filter(const std::string& query, list_filter& filter) {
+  for (const auto& [key, value] : parse_query(query)) {
+    if (key == "include_inactive") {
+      if (value == "true" || value == "1")
+        filter.include_inactive = true;
+      else if (value == "false" || value == "0")
+        filter.include_inactive = false;
+      else
+        return api_error{errc::invalid_request, "include_inactive: must be true or false"};
+    } else if (key == "model") {
+      if (value.empty())
+        return api_error{errc::invalid_request, "model: must not be empty"};
+      filter.model = value;
+    } else if (key == "status") {
+      filter.status = parse_server_status(value);
+      if (!filter.status)
+        return api_error{errc::invalid_request,
+                         "status: must be one of unknown, healthy, unhealthy"};
+    }
+    // Unknown parameters are ignored, as most HTTP APIs do.
+  }
+  return std::nullopt;
+}
+
+template <class Handler>
+void ask_registry_record(admin_api_self self, const exchange_ptr& ex, int status,
+                         Handler&& send_request) {
+  send_request().then([ex, status](server_record& rec) { respond_json(ex, status, to_json(rec)); },
+                      [ex](caf::error& err) { respond_caf_error(ex, err); });
+  (void) self;
+}
+
+void handle(admin_api_self self, const exchange_ptr& ex) {
+  const auto& req = ex->request();
+  const auto& opts = self->state.options;
+  auto timeout = opts.actor_timeout;
+  auto reg = opts.registry;
+  if (opts.admin_token && needs_admin_token(req.path)
+      && !bearer_matches(req.authorization, *opts.admin_token))
+    return respond_error(ex, {errc::unauthorized, req.authorization.empty()
+                                                    ? "missing admin token (Authorization: Bearer)"
+                                                    : "invalid admin token"});
+  auto match = match_admin_route(req.method, req.path);
+  if (!match.route) {
+    if (match.path_known)
+      return respond_error(ex, {errc::method_not_allowed,
+                                "method " + req.method + " is not allowed on " + req.path},
+                           {{"Allow", match.allow}});
+    return respond_error(ex, {errc::not_found, "no route for " + req.path});
+  }
+  switch (*match.route) {
+    case admin_route::health:
+      return respond_json(ex, 200, {{"status", "ok"}});
+    case admin_route::list_servers: {
+      list_filter filter;
+      if (auto err = parse_list_filter(req.query, filter))
+        return respond_error(ex, *err);
+      self->request(reg, timeout, list_atom::value, filter)
+        .then(
+          [ex](std::vector<server_record>& records) {
+            auto data = nlohmann::json::array();
+            for (const auto& r : records)
+              data.push_back(to_json(r));
+            respond_json(ex, 200, {{"data", std::move(data)}});
+          },
+          [ex](caf::error& err) { respond_caf_error(ex, err); });
+      return;
+    }
+    case admin_route::register_server: {
+      auto parsed = parse_registration(req.body);
+      if (auto err = std::get_if<api_error>(&parsed))
+        return respond_error(ex, *err);
+      self->request(reg, timeout, register_atom::value, std::get<registration>(std::move(parsed)))
+        .then(
+          [ex](register_reply& reply) {
+            respond_json(ex, reply.created ? 201 : 200, to_json(reply.record));
+          },
+          [ex](caf::error& err) { respond_caf_error(ex, err); });
+      return;
+    }
+    case admin_route::get_server:
+      return ask_registry_record(self, ex, 200, [&] {
+        return self->request(reg, timeout, get_atom::value, match.id);
+      });
+    case admin_route::deregister_server:
+      return ask_registry_record(self, ex, 200, [&] {
+        return self->request(reg, timeout, deregister_atom::value, match.id,
+                             std::string{"manual"});
+      });
+    case admin_route::reactivate_server:
+      return ask_registry_record(self, ex, 200, [&] {
+        return self->request(reg, timeout, reactivate_atom::value, match.id);
+      });
+    case admin_route::server_events:
+      self->request(reg, timeout, events_atom::value, match.id)
+        .then(
+          [ex](std::vector<server_event>& events) {
+            auto data = nlohmann::json::array();
+            for (const auto& e : events)
+              data.push_back(to_json(e));
+            respond_json(ex, 200, {{"data", std::move(data)}});
+          },
+          [ex](caf::error& err) { respond_caf_error(ex, err); });
+      return;
+  }
+}
+
+admin_api_actor::behavior_type admin_api_impl(admin_api_self self, admin_api_options options) {
+  self->state.options = std::move(options);
+  return {
+    [=](http_job& job) {
+      try {
+        handle(self, job.exchange);
+      } catch (const std::exception& e) {
+        // A bug must cost one request, not the actor.
+        log(log_level::error, "admin request failed",
+            {{"path", job.exchange->request().path}, {"error", e.what()}});
+        respond_error(job.exchange, {errc::internal, "internal error"});
+      }
+    },
+  };
+}
+
+} // namespace
+
+admin_api_actor spawn_admin_api(caf::actor_system& sys, admin_api_options options) {
+  return sys.spawn(admin_api_impl, std::move(options));
+}
+
+} // namespace mg

@@ -1,0 +1,28 @@
+// The admin API actor: turns HTTP exchanges of the admin routes into registry
+// requests and their answers back into HTTP responses.
+//
+// Asio threads hand it `http_job`s and return at once; it checks the admin
+// token, routes, validates, asks the registry with a finite timeout and
+// answers the exchange from the reply handler. It never blocks and holds no
+// state beyond its handles and settings.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+
+#include <caf/actor_system.hpp>
+
+#include "protocol/registry_interface.hpp"
+
+namespace mg {
+
+struct admin_api_options {
+  registry_actor registry;
+  std::optional<std::string> admin_token;
+  std::chrono::milliseconds actor_timeout{10'000};
+};
+
+admin_api_actor spawn_admin_api(caf::actor_system& sys, admin_api_options options);
+
+} // namespace mg

@@ -1,0 +1,279 @@
+#include "actors/registry.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <unordered_map>
+
+#include <caf/all.hpp>
+
+#include "protocol/errors.hpp"
+#include "protocol/log.hpp"
+
+namespace mg {
+
+namespace {
+
+/// Called once the commit holding a change has succeeded (empty error) or failed.
+using commit_waiter = std::function<void(const caf::error&)>;
+
+struct registry_state {
+  std::shared_ptr<server_store> store;
+  wall_clock clock;
+  std::mt19937_64 rng;
+  std::unordered_map<std::string, server_record> servers;
+  std::unordered_map<std::string, std::string> id_by_url;
+  // Uncommitted changes: each record once, in its latest form.
+  std::unordered_map<std::string, size_t> pending_index;
+  write_batch pending;
+  std::vector<commit_waiter> waiters;
+  bool commit_scheduled = false;
+
+  static inline const char* name = "modelgate.registry";
+};
+
+using registry_self = registry_actor::stateful_pointer<registry_state>;
+
+nlohmann::json server_fields(const server_record& r) {
+  return {{"server_id", r.id}, {"url", r.url}};
+}
+
+void load(registry_state& st) {
+  st.servers.clear();
+  st.id_by_url.clear();
+  for (auto& r : st.store->load_all()) {
+    st.id_by_url[r.url] = r.id;
+    auto id = r.id;
+    st.servers.emplace(std::move(id), std::move(r));
+  }
+}
+
+std::string new_id(registry_state& st) {
+  for (;;) {
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "srv_%012llx",
+                  static_cast<unsigned long long>(st.rng() & 0xffffffffffffULL));
+    if (st.servers.count(buf) == 0)
+      return buf;
+  }
+}
+
+/// Records a changed record and its event for the next commit.
+void stage(registry_self self, const server_record& rec, std::optional<server_event> ev) {
+  auto& st = self->state;
+  auto [it, inserted] = st.pending_index.emplace(rec.id, st.pending.records.size());
+  if (inserted)
+    st.pending.records.push_back(rec);
+  else
+    st.pending.records[it->second] = rec;
+  if (ev)
+    st.pending.events.push_back(std::move(*ev));
+  if (!st.commit_scheduled) {
+    st.commit_scheduled = true;
+    self->send(self, commit_atom::value);
+  }
+}
+
+/// Commits everything staged; on failure, memory is reloaded from disk so
+/// that it never shows a change that is not durable.
+caf::error commit_now(registry_self self) {
+  auto& st = self->state;
+  st.commit_scheduled = false;
+  caf::error result;
+  if (!st.pending.empty()) {
+    try {
+      st.store->commit(st.pending);
+    } catch (const std::exception& e) {
+      log(log_level::error, "registry commit failed; changes rolled back",
+          {{"error", e.what()}, {"changes", st.pending.records.size()}});
+      result = make_error(errc::internal, "storage failure: the change was not saved");
+      st.pending.clear();
+      st.pending_index.clear();
+      try {
+        load(st);
+      } catch (const std::exception& e2) {
+        log(log_level::error, "registry reload failed", {{"error", e2.what()}});
+      }
+    }
+  }
+  st.pending.clear();
+  st.pending_index.clear();
+  auto waiters = std::move(st.waiters);
+  st.waiters.clear();
+  for (auto& w : waiters)
+    w(result);
+  return result;
+}
+
+/// Replies `value` through `rp` once the pending commit is done.
+template <class T>
+void reply_after_commit(registry_self self, caf::typed_response_promise<T> rp, T value) {
+  self->state.waiters.emplace_back([rp, value = std::move(value)](const caf::error& err) mutable {
+    if (err)
+      rp.deliver(err);
+    else
+      rp.deliver(std::move(value));
+  });
+}
+
+caf::error unknown_server(const std::string& id) {
+  return make_error(errc::not_found, "no server with id " + id);
+}
+
+/// The fields a registration sets, on a new or a reactivated record.
+void apply_registration(server_record& rec, registration&& reg) {
+  rec.url = std::move(reg.url);
+  rec.name = std::move(reg.name);
+  rec.models = std::move(reg.models);
+  rec.metadata = std::move(reg.metadata);
+  rec.health_path = std::move(reg.health_path);
+  rec.expect = reg.expect;
+  rec.api_key = std::move(reg.api_key);
+}
+
+/// Back to active with a clean health state.
+void reset_to_active(server_record& rec, epoch_ms now) {
+  rec.is_active = true;
+  rec.status = server_status::unknown;
+  rec.consecutive_failures = 0;
+  rec.last_check_at.reset();
+  rec.last_response_time_ms.reset();
+  rec.last_error.reset();
+  rec.last_error_kind.reset();
+  rec.deregistered_at.reset();
+  rec.deregistered_reason.reset();
+  rec.updated_at = now;
+  ++rec.generation;
+}
+
+registry_actor::behavior_type registry_impl(registry_self self, registry_options options) {
+  auto& st = self->state;
+  st.store = std::move(options.store);
+  st.clock = options.clock ? std::move(options.clock) : wall_clock{now_ms};
+  st.rng.seed(options.seed != 0 ? options.seed : std::random_device{}());
+  load(st);
+  log(log_level::info, "registry loaded",
+      {{"servers", st.servers.size()},
+       {"active", std::count_if(st.servers.begin(), st.servers.end(),
+                                [](const auto& kv) { return kv.second.is_active; })}});
+  return {
+    [=](register_atom, registration& reg) -> caf::result<register_reply> {
+      auto& st = self->state;
+      auto now = st.clock();
+      register_reply reply;
+      if (auto it = st.id_by_url.find(reg.url); it != st.id_by_url.end()) {
+        auto& rec = st.servers.at(it->second);
+        if (rec.is_active)
+          return make_error(errc::conflict,
+                            "a server with url " + rec.url + " is already registered as " + rec.id);
+        apply_registration(rec, std::move(reg));
+        reset_to_active(rec, now);
+        stage(self, rec, server_event{rec.id, now, "reactivated", "registered again"});
+        log(log_level::info, "server re-registered and reactivated", server_fields(rec));
+        reply = register_reply{rec, false};
+      } else {
+        server_record rec;
+        rec.id = new_id(st);
+        apply_registration(rec, std::move(reg));
+        rec.registered_at = now;
+        rec.updated_at = now;
+        st.id_by_url[rec.url] = rec.id;
+        auto& stored = st.servers.emplace(rec.id, std::move(rec)).first->second;
+        stage(self, stored, server_event{stored.id, now, "registered", stored.url});
+        log(log_level::info, "server registered", server_fields(stored));
+        reply = register_reply{stored, true};
+      }
+      auto rp = self->make_response_promise<register_reply>();
+      reply_after_commit(self, rp, std::move(reply));
+      return rp;
+    },
+    [=](get_atom, const std::string& id) -> caf::result<server_record> {
+      auto it = self->state.servers.find(id);
+      if (it == self->state.servers.end())
+        return unknown_server(id);
+      return it->second;
+    },
+    [=](list_atom, const list_filter& filter) {
+      std::vector<server_record> result;
+      for (const auto& kv : self->state.servers)
+        if (matches(kv.second, filter))
+          result.push_back(kv.second);
+      std::sort(result.begin(), result.end(), [](const auto& a, const auto& b) {
+        return a.registered_at != b.registered_at ? a.registered_at < b.registered_at
+                                                  : a.id < b.id;
+      });
+      return result;
+    },
+    [=](deregister_atom, const std::string& id,
+        const std::string& reason) -> caf::result<server_record> {
+      auto& st = self->state;
+      auto it = st.servers.find(id);
+      if (it == st.servers.end())
+        return unknown_server(id);
+      auto& rec = it->second;
+      if (!rec.is_active)
+        return rec;
+      auto now = st.clock();
+      rec.is_active = false;
+      rec.deregistered_at = now;
+      rec.deregistered_reason = reason;
+      rec.updated_at = now;
+      ++rec.generation;
+      stage(self, rec, server_event{rec.id, now, "deregistered", reason});
+      auto fields = server_fields(rec);
+      fields["reason"] = reason;
+      log(log_level::info, "server deregistered", fields);
+      auto rp = self->make_response_promise<server_record>();
+      reply_after_commit(self, rp, rec);
+      return rp;
+    },
+    [=](reactivate_atom, const std::string& id) -> caf::result<server_record> {
+      auto& st = self->state;
+      auto it = st.servers.find(id);
+      if (it == st.servers.end())
+        return unknown_server(id);
+      auto& rec = it->second;
+      if (rec.is_active)
+        return rec;
+      auto now = st.clock();
+      reset_to_active(rec, now);
+      stage(self, rec, server_event{rec.id, now, "reactivated", std::nullopt});
+      log(log_level::info, "server reactivated", server_fields(rec));
+      auto rp = self->make_response_promise<server_record>();
+      reply_after_commit(self, rp, rec);
+      return rp;
+    },
+    [=](events_atom, const std::string& id) -> caf::result<std::vector<server_event>> {
+      if (self->state.servers.count(id) == 0)
+        return unknown_server(id);
+      if (auto err = commit_now(self))
+        return err;
+      try {
+        return self->state.store->events(id);
+      } catch (const std::exception& e) {
+        log(log_level::error, "reading events failed", {{"server_id", id}, {"error", e.what()}});
+        return make_error(errc::internal, "storage failure while reading events");
+      }
+    },
+    [=](commit_atom) {
+      if (self->state.commit_scheduled)
+        commit_now(self);
+    },
+    [=](flush_atom) -> caf::result<bool> {
+      if (auto err = commit_now(self))
+        return err;
+      return true;
+    },
+  };
+}
+
+} // namespace
+
+registry_actor spawn_registry(caf::actor_system& sys, registry_options options, bool detached) {
+  if (detached)
+    return sys.spawn<caf::detached>(registry_impl, std::move(options));
+  return sys.spawn(registry_impl, std::move(options));
+}
+
+} // namespace mg

@@ -1,0 +1,94 @@
+// The HTTP/1.1 server of modelgate's facade, on Boost.Beast.
+//
+// `http_server` accepts connections on its own asio threads and reads each
+// request under a header deadline and a per-route body limit. It hands every
+// complete request to the `request_handler` as an `http_exchange` and goes on
+// serving other connections; whoever holds the exchange answers it once, from
+// any thread, with `respond`. The handler must not block: the admin API sends
+// the exchange to an actor and returns. This header has no Beast in it, so
+// actor code can include it cheaply.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace mg {
+
+/// A request as the handler sees it.
+struct http_request {
+  std::string method; // "GET", "POST", ...
+  std::string path;   // target without the query
+  std::string query;  // after '?', undecoded
+  std::string body;
+  std::string authorization;
+  std::string content_type;
+};
+
+/// A response to write.
+struct http_response {
+  int status = 200;
+  std::string body;
+  std::string content_type = "application/json";
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+/// One request awaiting its answer. `respond` may be called from any thread,
+/// once; later calls are ignored. An exchange dropped unanswered answers 500.
+class http_exchange {
+public:
+  virtual ~http_exchange() = default;
+  virtual const http_request& request() const = 0;
+  virtual void respond(http_response response) = 0;
+};
+
+using request_handler = std::function<void(std::shared_ptr<http_exchange>)>;
+
+struct http_server_options {
+  std::string host = "127.0.0.1";
+  uint16_t port = 8080; // 0: any free port
+  unsigned threads = 0; // 0: one per core
+  std::chrono::milliseconds header_timeout{10'000};
+  std::chrono::milliseconds body_timeout{60'000};  // to receive the body after the headers
+  std::chrono::milliseconds write_timeout{60'000}; // to write one response
+  std::chrono::milliseconds idle_timeout{75'000};  // a keep-alive connection between requests
+  size_t max_connections = 10'000;
+  /// The body limit of a request target; requests over it get 413.
+  std::function<uint64_t(std::string_view path)> body_limit = [](std::string_view) {
+    return uint64_t{1} << 20;
+  };
+};
+
+class http_server {
+public:
+  http_server(http_server_options options, request_handler handler);
+  ~http_server();
+  http_server(const http_server&) = delete;
+  http_server& operator=(const http_server&) = delete;
+
+  /// Binds, listens and starts the asio threads. Throws std::runtime_error
+  /// naming the address when it cannot bind.
+  void start();
+
+  /// The bound port (the real one when 0 was asked).
+  uint16_t port() const;
+
+  /// Stops accepting, closes connections and joins the asio threads.
+  /// Idempotent. Exchanges still held elsewhere stay valid; their responses
+  /// go nowhere.
+  void stop();
+
+  /// Open client connections right now.
+  size_t open_connections() const;
+
+private:
+  struct impl;
+  std::shared_ptr<impl> impl_;
+};
+
+} // namespace mg

@@ -1,0 +1,26 @@
+// Wall-clock time as modelgate stores and prints it.
+//
+// Times are kept as milliseconds since the Unix epoch (int64) everywhere inside,
+// and rendered as UTC RFC 3339 with milliseconds ("2026-11-27T21:00:00.123Z") at
+// the edges. Thread-safe; no state.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace mg {
+
+/// Milliseconds since the Unix epoch.
+using epoch_ms = int64_t;
+
+/// A source of wall-clock time; actors take one so tests can inject time.
+using wall_clock = std::function<epoch_ms()>;
+
+/// The system clock, in milliseconds.
+epoch_ms now_ms();
+
+/// `2026-11-27T21:00:00.123Z`.
+std::string format_rfc3339(epoch_ms t);
+
+} // namespace mg
