@@ -1,5 +1,6 @@
 #include "tools/modelgated/options.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -369,6 +370,10 @@ daemon_options parse_daemon_options(int argc, const char* const* argv, const env
     for (const auto& spec : option_table)
       if (auto it = chosen.find(spec.name); it != chosen.end() && it->first != "config")
         apply(cfg, spec.name, it->second);
+    // The default timeout (10 s) follows a shorter interval down rather than
+    // rejecting `--health-interval 5` alone; an explicit longer one is an error.
+    if (chosen.count("health-timeout") == 0)
+      cfg.health.timeout_seconds = std::min(cfg.health.timeout_seconds, cfg.health.interval_seconds);
     if (cfg.health.timeout_seconds > cfg.health.interval_seconds) {
       auto it = chosen.find("health-timeout");
       std::string origin = it != chosen.end() ? it->second.origin : "--health-timeout";
