@@ -65,6 +65,39 @@ void ask_registry_record(admin_api_self self, const exchange_ptr& ex, int status
   (void) self;
 }
 
+nlohmann::json to_json(const check_reply& reply) {
+  const auto& o = reply.outcome;
+  auto or_null = [](const auto& x) {
+    return x ? nlohmann::json(*x) : nlohmann::json(nullptr);
+  };
+  return {{"healthy", o.healthy},
+          {"response_time_ms", or_null(o.response_time_ms)},
+          {"error", o.healthy ? nlohmann::json(nullptr) : nlohmann::json(o.error)},
+          {"error_kind", o.healthy ? nlohmann::json(nullptr) : nlohmann::json(o.error_kind)},
+          {"status_code", or_null(o.status_code)},
+          {"server", mg::to_json(reply.record)}};
+}
+
+nlohmann::json to_json(const checker_status& s) {
+  return {{"running", s.running},
+          {"interval_seconds", s.config.interval_seconds},
+          {"timeout_seconds", s.config.timeout_seconds},
+          {"max_consecutive_failures", s.config.max_failures},
+          {"auto_deregister", s.config.auto_deregister},
+          {"probers", s.probers},
+          {"checks_total", s.stats.checks_total},
+          {"failures_total", s.stats.failures_total},
+          {"deregistrations_total", s.stats.deregistrations_total}};
+}
+
+template <class Atom>
+void ask_checker(admin_api_self self, const exchange_ptr& ex, Atom what) {
+  const auto& opts = self->state.options;
+  self->request(opts.supervisor, opts.actor_timeout, what)
+    .then([ex](checker_status& status) { respond_json(ex, 200, to_json(status)); },
+          [ex](caf::error& err) { respond_caf_error(ex, err); });
+}
+
 void handle(admin_api_self self, const exchange_ptr& ex) {
   const auto& req = ex->request();
   const auto& opts = self->state.options;
@@ -126,6 +159,20 @@ void handle(admin_api_self self, const exchange_ptr& ex) {
       return ask_registry_record(self, ex, 200, [&] {
         return self->request(reg, timeout, reactivate_atom::value, match.id);
       });
+    case admin_route::check_server: {
+      auto check_timeout = timeout + std::chrono::milliseconds(static_cast<int64_t>(
+                                       opts.health_timeout_seconds * 1000));
+      self->request(opts.supervisor, check_timeout, check_atom::value, match.id)
+        .then([ex](check_reply& reply) { respond_json(ex, 200, to_json(reply)); },
+              [ex](caf::error& err) { respond_caf_error(ex, err); });
+      return;
+    }
+    case admin_route::checker_status:
+      return ask_checker(self, ex, status_atom::value);
+    case admin_route::checker_start:
+      return ask_checker(self, ex, start_atom::value);
+    case admin_route::checker_stop:
+      return ask_checker(self, ex, stop_atom::value);
     case admin_route::server_events:
       self->request(reg, timeout, events_atom::value, match.id)
         .then(

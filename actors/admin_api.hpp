@@ -19,7 +19,10 @@ namespace mg {
 
 struct admin_api_options {
   registry_actor registry;
+  supervisor_actor supervisor;
   std::optional<std::string> admin_token;
+  /// An on-demand check waits this long on top of the health timeout.
+  double health_timeout_seconds = 10;
   std::chrono::milliseconds actor_timeout{10'000};
 };
 

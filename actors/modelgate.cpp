@@ -4,33 +4,67 @@
 
 #include "actors/admin_api.hpp"
 #include "actors/registry.hpp"
+#include "actors/supervisor.hpp"
+#include "protocol/http_probe.hpp"
 #include "protocol/log.hpp"
 
 namespace mg {
 
 modelgate_handles spawn_modelgate(caf::actor_system& sys, const modelgate_config& config,
-                                  wall_clock clock) {
+                                  modelgate_hooks hooks) {
   auto store = std::make_shared<server_store>(config.db_path);
   modelgate_handles handles;
-  handles.registry = spawn_registry(sys, registry_options{std::move(store), std::move(clock), 0});
-  handles.admin_api = spawn_admin_api(
-    sys, admin_api_options{handles.registry, config.admin_token, config.actor_timeout});
+  registry_options ro;
+  ro.store = std::move(store);
+  ro.clock = std::move(hooks.clock);
+  ro.health = config.health;
+  handles.registry = spawn_registry(sys, std::move(ro));
+  handles.probes = std::make_shared<probe_runtime>(1);
+  supervisor_options so;
+  so.registry = handles.registry;
+  so.health = config.health;
+  if (hooks.make_driver) {
+    so.make_driver = std::move(hooks.make_driver);
+  } else {
+    std::weak_ptr<probe_runtime> runtime = handles.probes;
+    so.make_driver = [runtime](const probe_target& target) -> std::shared_ptr<probe_driver> {
+      auto rt = runtime.lock();
+      if (!rt)
+        throw std::runtime_error("probe runtime is gone");
+      return rt->make_driver(target);
+    };
+  }
+  handles.supervisor = spawn_supervisor(sys, std::move(so));
+  admin_api_options ao;
+  ao.registry = handles.registry;
+  ao.supervisor = handles.supervisor;
+  ao.admin_token = config.admin_token;
+  ao.actor_timeout = config.actor_timeout;
+  ao.health_timeout_seconds = config.health.timeout_seconds;
+  handles.admin_api = spawn_admin_api(sys, std::move(ao));
   return handles;
 }
 
 void stop_modelgate(caf::actor_system& sys, const modelgate_handles& handles,
                     std::chrono::milliseconds timeout) {
-  {
-    caf::scoped_actor self{sys};
-    self->send_exit(handles.admin_api, caf::exit_reason::user_shutdown);
-    self->request(handles.registry, timeout, flush_atom::value)
-      .receive([](bool) {},
-               [&](caf::error& err) {
-                 log(log_level::error, "final registry flush failed",
-                     {{"error", sys.render(err)}});
-               });
-    self->send_exit(handles.registry, caf::exit_reason::user_shutdown);
-  }
+  caf::scoped_actor self{sys};
+  self->send_exit(handles.admin_api, caf::exit_reason::user_shutdown);
+  // Probers first: once they are gone nothing starts a probe.
+  self->request(handles.supervisor, timeout, shutdown_atom::value)
+    .receive([](bool) {},
+             [&](caf::error& err) {
+               log(log_level::warning, "probers did not stop in time",
+                   {{"error", sys.render(err)}});
+             });
+  self->send_exit(handles.supervisor, caf::exit_reason::user_shutdown);
+  if (handles.probes)
+    handles.probes->stop();
+  self->request(handles.registry, timeout, flush_atom::value)
+    .receive([](bool) {},
+             [&](caf::error& err) {
+               log(log_level::error, "final registry flush failed", {{"error", sys.render(err)}});
+             });
+  self->send_exit(handles.registry, caf::exit_reason::user_shutdown);
 }
 
 } // namespace mg

@@ -5,27 +5,40 @@
 // the admin API actor and returns their handles. The caller may talk to the
 // registry directly through its typed interface, and may serve the admin API
 // over HTTP by handing `http_job`s to `admin_api` (tools/modelgated does
-// exactly that). `stop_modelgate` commits what is pending and exits the actors;
-// call it before the actor system is destroyed.
+// exactly that). `stop_modelgate` commits what is pending and exits the actors
+// and stops the probe I/O threads; call it before the actor system is destroyed.
 #pragma once
 
 #include <caf/actor_system.hpp>
 
+#include <memory>
+
 #include "protocol/config.hpp"
+#include "protocol/probe.hpp"
 #include "protocol/registry_interface.hpp"
 #include "protocol/time.hpp"
 
 namespace mg {
 
+class probe_runtime;
+
 struct modelgate_handles {
   registry_actor registry;
+  supervisor_actor supervisor;
   admin_api_actor admin_api;
+  /// The I/O threads of the health probes (owned here; stopped by stop_modelgate).
+  std::shared_ptr<probe_runtime> probes;
+};
+
+/// What an embedding program or a test may swap out.
+struct modelgate_hooks {
+  wall_clock clock = now_ms;            // the registry's wall clock
+  probe_driver_factory make_driver;     // empty: real HTTP probes
 };
 
 /// Throws std::runtime_error when the database cannot be opened.
-/// `clock` is the registry's wall clock (tests inject one).
 modelgate_handles spawn_modelgate(caf::actor_system& sys, const modelgate_config& config,
-                                  wall_clock clock = now_ms);
+                                  modelgate_hooks hooks = {});
 
 /// Flushes the registry (waiting at most `timeout`) and exits every actor.
 void stop_modelgate(caf::actor_system& sys, const modelgate_handles& handles,

@@ -8,6 +8,7 @@
 
 #include <caf/all.hpp>
 
+#include "actors/health_policy.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/log.hpp"
 
@@ -29,6 +30,9 @@ struct registry_state {
   write_batch pending;
   std::vector<commit_waiter> waiters;
   bool commit_scheduled = false;
+  health_config health;
+  health_stats stats; // checks, failures, deregistrations since start
+  std::vector<registry_listener> listeners;
 
   static inline const char* name = "modelgate.registry";
 };
@@ -59,9 +63,12 @@ std::string new_id(registry_state& st) {
   }
 }
 
-/// Records a changed record and its event for the next commit.
+/// Records a changed record and its event for the next commit, and tells
+/// the listeners.
 void stage(registry_self self, const server_record& rec, std::optional<server_event> ev) {
   auto& st = self->state;
+  for (const auto& l : st.listeners)
+    self->send(l, changed_atom::value, rec);
   auto [it, inserted] = st.pending_index.emplace(rec.id, st.pending.records.size());
   if (inserted)
     st.pending.records.push_back(rec);
@@ -147,11 +154,67 @@ void reset_to_active(server_record& rec, epoch_ms now) {
   ++rec.generation;
 }
 
+void stage_with_events(registry_self self, const server_record& rec,
+                       std::vector<server_event> events) {
+  if (events.empty())
+    return stage(self, rec, std::nullopt);
+  stage(self, rec, std::move(events.front()));
+  for (size_t i = 1; i < events.size(); ++i) // same record: one notification is enough
+    self->state.pending.events.push_back(std::move(events[i]));
+}
+
+/// Applies one probe outcome through the health policy; false when dropped.
+bool apply_outcome(registry_self self, const std::string& id, uint64_t generation,
+                   const probe_outcome& outcome) {
+  auto& st = self->state;
+  auto it = st.servers.find(id);
+  if (it == st.servers.end())
+    return false;
+  auto was = it->second.status;
+  auto result = apply_probe(it->second, generation, outcome, st.health);
+  if (result.transition == health_transition::dropped)
+    return false;
+  ++st.stats.checks_total;
+  if (!outcome.healthy)
+    ++st.stats.failures_total;
+  it->second = std::move(result.record);
+  const auto& rec = it->second;
+  if (!outcome.healthy) {
+    auto fields = server_fields(rec);
+    fields["consecutive_failures"] = rec.consecutive_failures;
+    fields["max_failures"] = st.health.max_failures;
+    fields["error_kind"] = outcome.error_kind;
+    fields["error"] = outcome.error;
+    log(log_level::warning, "server is unhealthy", fields);
+  } else {
+    // A recovery is news to an operator; a routine success is debug detail.
+    auto level = was == server_status::unhealthy ? log_level::info : log_level::debug;
+    if (log_enabled(level)) {
+      auto fields = server_fields(rec);
+      if (outcome.response_time_ms)
+        fields["response_time_ms"] = *outcome.response_time_ms;
+      log(level, was == server_status::unhealthy ? "server recovered" : "server is healthy",
+          fields);
+    }
+  }
+  if (result.transition == health_transition::deregistered) {
+    ++st.stats.deregistrations_total;
+    auto fields = server_fields(rec);
+    fields["consecutive_failures"] = rec.consecutive_failures;
+    fields["reason"] = "health_check";
+    log(log_level::error, "server failed too many consecutive health checks; auto-deregistered",
+        fields);
+  }
+  stage_with_events(self, rec, std::move(result.events));
+  return true;
+}
+
 registry_actor::behavior_type registry_impl(registry_self self, registry_options options) {
   auto& st = self->state;
   st.store = std::move(options.store);
   st.clock = options.clock ? std::move(options.clock) : wall_clock{now_ms};
   st.rng.seed(options.seed != 0 ? options.seed : std::random_device{}());
+  st.health = options.health;
   load(st);
   log(log_level::info, "registry loaded",
       {{"servers", st.servers.size()},
@@ -255,6 +318,52 @@ registry_actor::behavior_type registry_impl(registry_self self, registry_options
         log(log_level::error, "reading events failed", {{"server_id", id}, {"error", e.what()}});
         return make_error(errc::internal, "storage failure while reading events");
       }
+    },
+    [=](probed_atom, const std::string& id, uint64_t generation, probe_outcome& outcome) {
+      apply_outcome(self, id, generation, outcome);
+    },
+    [=](checked_atom, const std::string& id, uint64_t generation,
+        probe_outcome& outcome) -> caf::result<server_record> {
+      auto it = self->state.servers.find(id);
+      if (it == self->state.servers.end())
+        return unknown_server(id);
+      if (!apply_outcome(self, id, generation, outcome))
+        return it->second; // changed meanwhile: report the record as it is
+      auto rp = self->make_response_promise<server_record>();
+      reply_after_commit(self, rp, it->second);
+      return rp;
+    },
+    [=](passive_atom, const std::string& id, uint64_t generation, const std::string& error,
+        const std::string& kind) {
+      auto& st = self->state;
+      auto it = st.servers.find(id);
+      if (it == st.servers.end())
+        return;
+      auto result = apply_passive_failure(it->second, generation, error, kind, st.clock());
+      if (result.transition == health_transition::dropped)
+        return;
+      it->second = std::move(result.record);
+      auto fields = server_fields(it->second);
+      fields["error_kind"] = kind;
+      fields["error"] = error;
+      log(log_level::warning, "server marked unhealthy by the gateway", fields);
+      stage_with_events(self, it->second, std::move(result.events));
+    },
+    [=](subscribe_atom, registry_listener& listener) {
+      self->state.listeners.push_back(std::move(listener));
+    },
+    [=](stats_atom) {
+      auto stats = self->state.stats;
+      for (const auto& kv : self->state.servers) {
+        if (!kv.second.is_active)
+          continue;
+        switch (kv.second.status) {
+          case server_status::healthy: ++stats.active_healthy; break;
+          case server_status::unhealthy: ++stats.active_unhealthy; break;
+          default: ++stats.active_unknown; break;
+        }
+      }
+      return stats;
     },
     [=](commit_atom) {
       if (self->state.commit_scheduled)

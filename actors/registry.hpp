@@ -14,6 +14,7 @@
 
 #include <caf/actor_system.hpp>
 
+#include "protocol/config.hpp"
 #include "protocol/registry_interface.hpp"
 #include "protocol/time.hpp"
 #include "storage/server_store.hpp"
@@ -25,6 +26,8 @@ struct registry_options {
   wall_clock clock = now_ms;
   /// Seeds id generation; 0 takes one from std::random_device.
   uint64_t seed = 0;
+  /// Failure threshold and auto-deregistration for probe results.
+  health_config health;
 };
 
 /// Spawns the registry; `detached` puts it on its own thread (the daemon's

@@ -21,6 +21,10 @@ constexpr route_row route_table[] = {
   {"/v1/servers/{id}", "DELETE", admin_route::deregister_server},
   {"/v1/servers/{id}/reactivate", "POST", admin_route::reactivate_server},
   {"/v1/servers/{id}/events", "GET", admin_route::server_events},
+  {"/v1/servers/{id}/check", "POST", admin_route::check_server},
+  {"/v1/health-checker", "GET", admin_route::checker_status},
+  {"/v1/health-checker/start", "POST", admin_route::checker_start},
+  {"/v1/health-checker/stop", "POST", admin_route::checker_stop},
 };
 
 std::vector<std::string_view> split_path(std::string_view path) {

@@ -21,6 +21,10 @@ enum class admin_route {
   deregister_server, // DELETE /v1/servers/{id}
   reactivate_server, // POST /v1/servers/{id}/reactivate
   server_events,     // GET /v1/servers/{id}/events
+  check_server,      // POST /v1/servers/{id}/check
+  checker_status,    // GET /v1/health-checker
+  checker_start,     // POST /v1/health-checker/start
+  checker_stop,      // POST /v1/health-checker/stop
 };
 
 struct route_match {

@@ -16,7 +16,9 @@
 #include <caf/replies_to.hpp>
 #include <caf/typed_actor.hpp>
 
+#include "protocol/config.hpp"
 #include "protocol/http_server.hpp"
+#include "protocol/probe.hpp"
 #include "protocol/server_record.hpp"
 
 namespace mg {
@@ -31,6 +33,36 @@ using reactivate_atom = caf::atom_constant<caf::atom("mg_react")>;
 using events_atom = caf::atom_constant<caf::atom("mg_events")>;
 using commit_atom = caf::atom_constant<caf::atom("mg_commit")>;
 using flush_atom = caf::atom_constant<caf::atom("mg_flush")>;
+using probed_atom = caf::atom_constant<caf::atom("mg_probed")>;
+using checked_atom = caf::atom_constant<caf::atom("mg_checked")>;
+using passive_atom = caf::atom_constant<caf::atom("mg_passive")>;
+using subscribe_atom = caf::atom_constant<caf::atom("mg_sub")>;
+using changed_atom = caf::atom_constant<caf::atom("mg_changed")>;
+using stats_atom = caf::atom_constant<caf::atom("mg_stats")>;
+using tick_atom = caf::atom_constant<caf::atom("mg_tick")>;
+using probe_done_atom = caf::atom_constant<caf::atom("mg_pdone")>;
+using check_atom = caf::atom_constant<caf::atom("mg_check")>;
+using check_done_atom = caf::atom_constant<caf::atom("mg_cdone")>;
+using status_atom = caf::atom_constant<caf::atom("mg_status")>;
+using start_atom = caf::atom_constant<caf::atom("mg_start")>;
+using stop_atom = caf::atom_constant<caf::atom("mg_stop")>;
+using shutdown_atom = caf::atom_constant<caf::atom("mg_shutdn")>;
+using summary_atom = caf::atom_constant<caf::atom("mg_summary")>;
+using prober_of_atom = caf::atom_constant<caf::atom("mg_prober")>;
+
+/// Counters of applied probe results since start.
+struct health_stats {
+  uint64_t checks_total = 0;
+  uint64_t failures_total = 0;
+  uint64_t deregistrations_total = 0; // by the health policy
+  uint64_t active_healthy = 0;
+  uint64_t active_unhealthy = 0;
+  uint64_t active_unknown = 0;
+};
+
+/// Whoever wants to hear of every change to a record (the supervisor, later
+/// the router): registration, reactivation, deregistration, status change.
+using registry_listener = caf::typed_actor<caf::reacts_to<changed_atom, server_record>>;
 
 // -- registry ------------------------------------------------------------------
 
@@ -52,7 +84,55 @@ using registry_actor = caf::typed_actor<
   // Internal: the registry sends this to itself to commit what has gathered.
   caf::reacts_to<commit_atom>,
   // Commits everything pending now; replies true once durable.
-  caf::replies_to<flush_atom>::with<bool>>;
+  caf::replies_to<flush_atom>::with<bool>,
+  // A scheduled probe's outcome for (id, generation); stale ones are dropped.
+  caf::reacts_to<probed_atom, std::string, uint64_t, probe_outcome>,
+  // An on-demand probe's outcome; replies with the record once durable.
+  caf::replies_to<checked_atom, std::string, uint64_t, probe_outcome>::with<server_record>,
+  // A failure the gateway saw: unhealthy at once, not counted toward removal.
+  caf::reacts_to<passive_atom, std::string, uint64_t, std::string, std::string>,
+  // Adds a listener; it hears of every change from now on.
+  caf::reacts_to<subscribe_atom, registry_listener>,
+  // Probe counters and current status counts.
+  caf::replies_to<stats_atom>::with<health_stats>>;
+
+// -- health checking -------------------------------------------------------------
+
+/// One prober per active server: ticks, probes, reports to the registry.
+using prober_actor = caf::typed_actor<
+  // A scheduled tick; ticks of an older schedule (other number) are ignored.
+  caf::reacts_to<tick_atom, uint64_t>,
+  // The outcome of probe number N, back from the I/O thread.
+  caf::reacts_to<probe_done_atom, uint64_t, probe_outcome>>;
+
+/// The answer of `POST /v1/servers/{id}/check`.
+struct check_reply {
+  probe_outcome outcome;
+  server_record record;
+};
+
+/// `GET /v1/health-checker`.
+struct checker_status {
+  bool running = false;
+  health_config config;
+  uint64_t probers = 0;
+  health_stats stats;
+};
+
+/// Spawns, watches and pauses the probers; runs on-demand checks.
+using supervisor_actor = caf::typed_actor<
+  caf::reacts_to<changed_atom, server_record>,
+  caf::replies_to<check_atom, std::string>::with<check_reply>,
+  caf::reacts_to<check_done_atom, uint64_t, probe_outcome>,
+  caf::replies_to<status_atom>::with<checker_status>,
+  caf::replies_to<start_atom>::with<checker_status>,
+  caf::replies_to<stop_atom>::with<checker_status>,
+  // Stops every prober and replies once they are all gone.
+  caf::replies_to<shutdown_atom>::with<bool>,
+  // The per-interval summary tick.
+  caf::reacts_to<summary_atom>,
+  // The prober of a server, for tests (an invalid handle when none runs).
+  caf::replies_to<prober_of_atom, std::string>::with<caf::actor>>;
 
 // -- HTTP facade -----------------------------------------------------------------
 
@@ -74,3 +154,7 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::list_filter)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<mg::server_record>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<mg::server_event>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::http_job)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::probe_outcome)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::health_stats)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::check_reply)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::checker_status)

@@ -1,0 +1,86 @@
+#include "actors/prober.hpp"
+
+#include <caf/all.hpp>
+
+#include "protocol/log.hpp"
+
+namespace mg {
+
+int64_t steady_now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
+void schedule_tick_with_caf(const prober_actor& prober, std::chrono::milliseconds delay,
+                            uint64_t tick_number) {
+  caf::delayed_anon_send(prober, delay, tick_atom::value, tick_number);
+}
+
+namespace {
+
+using prober_self = prober_actor::stateful_pointer<prober_state>;
+
+void start_probe(prober_self self) {
+  auto& st = self->state;
+  st.in_flight = true;
+  auto number = ++st.probe_number;
+  ++st.probes_started;
+  // A weak address: a probe still pending in asio must not keep a stopped
+  // prober alive.
+  caf::actor_addr weak = self->address();
+  st.options.driver->probe(st.options.timeout, [weak, number](probe_outcome outcome) {
+    if (auto strong = caf::actor_cast<prober_actor>(weak))
+      caf::anon_send(strong, probe_done_atom::value, number, std::move(outcome));
+  });
+}
+
+/// Arms the next tick on the grid, skipping slots already in the past.
+void arm_next_tick(prober_self self, int64_t now) {
+  auto& st = self->state;
+  auto interval = st.options.interval.count();
+  st.next_due_ms += interval;
+  if (st.next_due_ms <= now) {
+    auto missed = (now - st.next_due_ms) / interval + 1;
+    st.ticks_skipped += static_cast<uint64_t>(missed);
+    st.next_due_ms += missed * interval;
+  }
+  st.options.schedule(self, std::chrono::milliseconds(st.next_due_ms - now), st.tick_number);
+}
+
+} // namespace
+
+prober_actor::behavior_type prober_impl(prober_self self, prober_options options) {
+  auto& st = self->state;
+  st.options = std::move(options);
+  st.rng.seed(st.options.seed != 0 ? st.options.seed : std::random_device{}());
+  std::uniform_int_distribution<int64_t> offset(0, std::max<int64_t>(0, st.options.interval.count() - 1));
+  auto first = offset(st.rng);
+  st.next_due_ms = st.options.clock() + first;
+  st.options.schedule(self, std::chrono::milliseconds(first), st.tick_number);
+  return {
+    [=](tick_atom, uint64_t number) {
+      auto& st = self->state;
+      if (number != st.tick_number)
+        return; // from an older schedule
+      auto now = st.options.clock();
+      if (st.in_flight) {
+        ++st.ticks_skipped; // the last probe is still running: never two at once
+        log(log_level::debug, "probe still in flight; tick skipped",
+            {{"server_id", st.options.target.server_id}, {"url", st.options.target.url}});
+      } else {
+        start_probe(self);
+      }
+      arm_next_tick(self, now);
+    },
+    [=](probe_done_atom, uint64_t number, probe_outcome& outcome) {
+      auto& st = self->state;
+      if (number != st.probe_number || !st.in_flight)
+        return;
+      st.in_flight = false;
+      self->send(st.options.registry, probed_atom::value, st.options.target.server_id,
+                 st.options.generation, std::move(outcome));
+    },
+  };
+}
+
+} // namespace mg
