@@ -1,0 +1,142 @@
+// Test doubles for the actor tests: a probe driver whose probes the test
+// completes by hand, a manual tick scheduler and clock, and a wait helper.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "actors/prober.hpp"
+#include "protocol/probe.hpp"
+
+namespace mg::test {
+
+/// Polls `pred` until it holds or `limit` passes.
+inline bool wait_until(const std::function<bool()>& pred,
+                       std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred())
+      return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return pred();
+}
+
+/// Probes wait in a queue until the test completes them; or, with
+/// `auto_outcome` set, complete at once with it.
+struct fake_probes {
+  std::mutex mtx;
+  std::deque<probe_callback> pending;
+  std::vector<std::string> probed_ids;
+  std::optional<probe_outcome> auto_outcome;
+
+  size_t started() {
+    std::lock_guard<std::mutex> g{mtx};
+    return probed_ids.size();
+  }
+
+  size_t in_flight() {
+    std::lock_guard<std::mutex> g{mtx};
+    return pending.size();
+  }
+
+  /// Completes the oldest pending probe.
+  bool complete(probe_outcome outcome) {
+    probe_callback cb;
+    {
+      std::lock_guard<std::mutex> g{mtx};
+      if (pending.empty())
+        return false;
+      cb = std::move(pending.front());
+      pending.pop_front();
+    }
+    cb(std::move(outcome));
+    return true;
+  }
+};
+
+class fake_driver : public probe_driver {
+public:
+  fake_driver(std::shared_ptr<fake_probes> probes, std::string id)
+    : probes_(std::move(probes)), id_(std::move(id)) {
+  }
+  void probe(std::chrono::milliseconds, probe_callback done) override {
+    std::optional<probe_outcome> now;
+    {
+      std::lock_guard<std::mutex> g{probes_->mtx};
+      probes_->probed_ids.push_back(id_);
+      if (probes_->auto_outcome)
+        now = probes_->auto_outcome;
+      else
+        probes_->pending.push_back(std::move(done));
+    }
+    if (now)
+      done(*now);
+  }
+
+private:
+  std::shared_ptr<fake_probes> probes_;
+  std::string id_;
+};
+
+inline probe_driver_factory make_fake_factory(std::shared_ptr<fake_probes> probes) {
+  return [probes](const probe_target& t) -> std::shared_ptr<probe_driver> {
+    return std::make_shared<fake_driver>(probes, t.server_id);
+  };
+}
+
+/// Records the ticks actors ask for; the test delivers them.
+struct manual_ticks {
+  struct request {
+    prober_actor prober;
+    std::chrono::milliseconds delay;
+    uint64_t number;
+  };
+  std::mutex mtx;
+  std::vector<request> requests;
+
+  tick_scheduler scheduler() {
+    return [this](const prober_actor& p, std::chrono::milliseconds d, uint64_t n) {
+      std::lock_guard<std::mutex> g{mtx};
+      requests.push_back({p, d, n});
+    };
+  }
+
+  size_t count() {
+    std::lock_guard<std::mutex> g{mtx};
+    return requests.size();
+  }
+
+  request at(size_t i) {
+    std::lock_guard<std::mutex> g{mtx};
+    return requests.at(i);
+  }
+};
+
+inline probe_outcome healthy_outcome() {
+  probe_outcome o;
+  o.healthy = true;
+  o.status_code = 200;
+  o.response_time_ms = 1.0;
+  o.at = 1;
+  return o;
+}
+
+inline probe_outcome failed_outcome(const char* kind = "connect") {
+  probe_outcome o;
+  o.healthy = false;
+  o.error = "refused";
+  o.error_kind = kind;
+  o.at = 1;
+  return o;
+}
+
+} // namespace mg::test
