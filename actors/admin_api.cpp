@@ -1,5 +1,7 @@
 #include "actors/admin_api.hpp"
 
+#include <map>
+
 #include <caf/all.hpp>
 
 #include "protocol/admin_routes.hpp"
@@ -108,6 +110,11 @@ void handle(admin_api_self self, const exchange_ptr& ex) {
     return respond_error(ex, {errc::unauthorized, req.authorization.empty()
                                                     ? "missing admin token (Authorization: Bearer)"
                                                     : "invalid admin token"});
+  if (!opts.api_keys.empty() && needs_api_key(req.path)
+      && !bearer_matches_any(req.authorization, opts.api_keys))
+    return respond_error(ex, {errc::unauthorized, req.authorization.empty()
+                                                    ? "missing API key (Authorization: Bearer)"
+                                                    : "invalid API key"});
   auto match = match_admin_route(req.method, req.path);
   if (!match.route) {
     if (match.path_known)
@@ -173,6 +180,32 @@ void handle(admin_api_self self, const exchange_ptr& ex) {
       return ask_checker(self, ex, start_atom::value);
     case admin_route::checker_stop:
       return ask_checker(self, ex, stop_atom::value);
+    case admin_route::list_models:
+      self->request(reg, timeout, list_atom::value, list_filter{})
+        .then(
+          [ex](std::vector<server_record>& records) {
+            // Every model of an active server that is not unhealthy, once,
+            // created at the earliest registration that serves it.
+            std::map<std::string, epoch_ms> models;
+            for (const auto& r : records) {
+              if (r.status == server_status::unhealthy)
+                continue;
+              for (const auto& m : r.models) {
+                auto [it, fresh] = models.emplace(m, r.registered_at);
+                if (!fresh)
+                  it->second = std::min(it->second, r.registered_at);
+              }
+            }
+            auto data = nlohmann::json::array();
+            for (const auto& [name, created] : models)
+              data.push_back({{"id", name},
+                              {"object", "model"},
+                              {"created", created / 1000},
+                              {"owned_by", "modelgate"}});
+            respond_json(ex, 200, {{"object", "list"}, {"data", std::move(data)}});
+          },
+          [ex](caf::error& err) { respond_caf_error(ex, err); });
+      return;
     case admin_route::server_events:
       self->request(reg, timeout, events_atom::value, match.id)
         .then(

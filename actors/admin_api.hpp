@@ -10,6 +10,7 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <caf/actor_system.hpp>
 
@@ -21,6 +22,7 @@ struct admin_api_options {
   registry_actor registry;
   supervisor_actor supervisor;
   std::optional<std::string> admin_token;
+  std::vector<std::string> api_keys; // when set, the OpenAI routes need one
   /// An on-demand check waits this long on top of the health timeout.
   double health_timeout_seconds = 10;
   std::chrono::milliseconds actor_timeout{10'000};

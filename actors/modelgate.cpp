@@ -39,6 +39,7 @@ modelgate_handles spawn_modelgate(caf::actor_system& sys, const modelgate_config
   ao.registry = handles.registry;
   ao.supervisor = handles.supervisor;
   ao.admin_token = config.admin_token;
+  ao.api_keys = config.api_keys;
   ao.actor_timeout = config.actor_timeout;
   ao.health_timeout_seconds = config.health.timeout_seconds;
   handles.admin_api = spawn_admin_api(sys, std::move(ao));

@@ -25,6 +25,7 @@ constexpr route_row route_table[] = {
   {"/v1/health-checker", "GET", admin_route::checker_status},
   {"/v1/health-checker/start", "POST", admin_route::checker_start},
   {"/v1/health-checker/stop", "POST", admin_route::checker_stop},
+  {"/v1/models", "GET", admin_route::list_models},
 };
 
 std::vector<std::string_view> split_path(std::string_view path) {
@@ -112,6 +113,18 @@ bool needs_admin_token(std::string_view path) {
            && (path.size() == prefix.size() || path[prefix.size()] == '/');
   };
   return under("/v1/servers") || under("/v1/health-checker");
+}
+
+bool needs_api_key(std::string_view path) {
+  return path == "/v1/models" || path == "/v1/chat/completions" || path == "/v1/completions"
+         || path == "/v1/embeddings";
+}
+
+bool bearer_matches_any(std::string_view authorization, const std::vector<std::string>& keys) {
+  bool any = false;
+  for (const auto& key : keys) // no early exit: the time does not tell which key matched
+    any |= bearer_matches(authorization, key);
+  return any;
 }
 
 std::map<std::string, std::string> parse_query(std::string_view query) {

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace mg {
 
@@ -25,6 +26,7 @@ enum class admin_route {
   checker_status,    // GET /v1/health-checker
   checker_start,     // POST /v1/health-checker/start
   checker_stop,      // POST /v1/health-checker/stop
+  list_models,       // GET /v1/models (gateway: needs an API key when keys are set)
 };
 
 struct route_match {
@@ -38,6 +40,13 @@ route_match match_admin_route(std::string_view method, std::string_view path);
 
 /// True for paths that need the admin token when one is configured.
 bool needs_admin_token(std::string_view path);
+
+/// True for the OpenAI-compatible paths, which need an API key when keys are set.
+bool needs_api_key(std::string_view path);
+
+/// True when `authorization` is `Bearer K` for one of `keys` (each compared in
+/// constant time).
+bool bearer_matches_any(std::string_view authorization, const std::vector<std::string>& keys);
 
 /// Splits `a=1&b=x%20y` into decoded pairs; a repeated key keeps its last value.
 std::map<std::string, std::string> parse_query(std::string_view query);

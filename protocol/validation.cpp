@@ -119,7 +119,31 @@ std::optional<std::string> normalize_server_url(std::string_view url, std::strin
   return result;
 }
 
+bool json_depth_within(std::string_view body, size_t max_depth) {
+  size_t depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < body.size(); ++i) {
+    char c = body[i];
+    if (in_string) {
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth)
+        return false;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return true;
+}
+
 std::variant<registration, api_error> parse_registration(std::string_view body) {
+  if (!json_depth_within(body))
+    return invalid("request body nests deeper than " + std::to_string(max_json_depth) + " levels");
   auto doc = nlohmann::json::parse(body.begin(), body.end(), nullptr, false);
   if (doc.is_discarded())
     return invalid("request body is not valid JSON");

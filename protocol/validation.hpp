@@ -20,6 +20,14 @@ namespace mg {
 /// returns it with trailing '/' removed; on failure, `why` says what is wrong.
 std::optional<std::string> normalize_server_url(std::string_view url, std::string& why);
 
+/// The deepest nesting of arrays and objects a JSON body may have; deeper
+/// bodies are refused before parsing (recursion in JSON code is bounded by it).
+constexpr size_t max_json_depth = 64;
+
+/// True when `body` nests arrays/objects at most `max_depth` deep (strings
+/// are skipped, so brackets inside them do not count).
+bool json_depth_within(std::string_view body, size_t max_depth = max_json_depth);
+
 /// Parses and validates a `POST /v1/servers` body.
 std::variant<registration, api_error> parse_registration(std::string_view body);
 

@@ -124,3 +124,14 @@ TEST_CASE("a registration takes the contract's defaults for omitted fields", "[v
   CHECK(reg.expect == health_expect::json);
   CHECK_FALSE(reg.api_key);
 }
+
+TEST_CASE("deeply nested bodies are refused before parsing", "[validation]") {
+  std::string deep = R"({"url":"http://h:1","models":["m"],"metadata":{"a":)";
+  deep += std::string(100000, '[') + std::string(100000, ']') + "}}";
+  auto result = parse_registration(deep);
+  REQUIRE(std::holds_alternative<api_error>(result));
+  CHECK(std::get<api_error>(result).message.find("nests deeper") != std::string::npos);
+  CHECK(json_depth_within(R"({"a":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["})"));
+  CHECK(json_depth_within(R"({"a":"\"[[["})", 2));
+  CHECK_FALSE(json_depth_within("[[[", 2));
+}
