@@ -89,7 +89,10 @@ nlohmann::json to_json(const checker_status& s) {
           {"probers", s.probers},
           {"checks_total", s.stats.checks_total},
           {"failures_total", s.stats.failures_total},
-          {"deregistrations_total", s.stats.deregistrations_total}};
+          {"deregistrations_total", s.stats.deregistrations_total},
+          // Beyond the contract: how late scheduled probes start (since start).
+          {"probe_lateness_p99_ms", s.stats.lateness.quantile(0.99)},
+          {"probe_lateness_max_ms", s.stats.lateness.max_ms}};
 }
 
 template <class Atom>

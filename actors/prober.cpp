@@ -68,6 +68,7 @@ prober_actor::behavior_type prober_impl(prober_self self, prober_options options
         log(log_level::debug, "probe still in flight; tick skipped",
             {{"server_id", st.options.target.server_id}, {"url", st.options.target.url}});
       } else {
+        st.lateness_ms = static_cast<double>(std::max<int64_t>(0, now - st.next_due_ms));
         start_probe(self);
       }
       arm_next_tick(self, now);
@@ -77,6 +78,7 @@ prober_actor::behavior_type prober_impl(prober_self self, prober_options options
       if (number != st.probe_number || !st.in_flight)
         return;
       st.in_flight = false;
+      outcome.lateness_ms = st.lateness_ms;
       self->send(st.options.registry, probed_atom::value, st.options.target.server_id,
                  st.options.generation, std::move(outcome));
     },

@@ -54,6 +54,7 @@ struct prober_state {
   int64_t next_due_ms = 0;   // on the tick grid
   bool in_flight = false;
   uint64_t probe_number = 0; // of the probe in flight
+  double lateness_ms = 0;    // of the probe in flight
   uint64_t probes_started = 0;
   uint64_t ticks_skipped = 0;
   static inline const char* name = "modelgate.prober";

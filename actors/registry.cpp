@@ -64,11 +64,14 @@ std::string new_id(registry_state& st) {
 }
 
 /// Records a changed record and its event for the next commit, and tells
-/// the listeners.
-void stage(registry_self self, const server_record& rec, std::optional<server_event> ev) {
+/// the listeners when something they act on changed (activity, status,
+/// settings): a routine probe result that changes only timings does not.
+void stage(registry_self self, const server_record& rec, std::optional<server_event> ev,
+           bool notify = true) {
   auto& st = self->state;
-  for (const auto& l : st.listeners)
-    self->send(l, changed_atom::value, rec);
+  if (notify)
+    for (const auto& l : st.listeners)
+      self->send(l, changed_atom::value, rec);
   auto [it, inserted] = st.pending_index.emplace(rec.id, st.pending.records.size());
   if (inserted)
     st.pending.records.push_back(rec);
@@ -157,7 +160,7 @@ void reset_to_active(server_record& rec, epoch_ms now) {
 void stage_with_events(registry_self self, const server_record& rec,
                        std::vector<server_event> events) {
   if (events.empty())
-    return stage(self, rec, std::nullopt);
+    return stage(self, rec, std::nullopt, false);
   stage(self, rec, std::move(events.front()));
   for (size_t i = 1; i < events.size(); ++i) // same record: one notification is enough
     self->state.pending.events.push_back(std::move(events[i]));
@@ -320,7 +323,8 @@ registry_actor::behavior_type registry_impl(registry_self self, registry_options
       }
     },
     [=](probed_atom, const std::string& id, uint64_t generation, probe_outcome& outcome) {
-      apply_outcome(self, id, generation, outcome);
+      if (apply_outcome(self, id, generation, outcome))
+        self->state.stats.lateness.add(outcome.lateness_ms);
     },
     [=](checked_atom, const std::string& id, uint64_t generation,
         probe_outcome& outcome) -> caf::result<server_record> {

@@ -28,6 +28,7 @@ struct probe_outcome {
   std::string error;      // human message; empty when healthy
   std::string error_kind; // connect, timeout, http_status, invalid_body, resolve, protocol
   epoch_ms at = 0;        // when the probe finished (wall clock)
+  double lateness_ms = 0; // how late the probe started against its schedule
 };
 
 /// The body cap of a health response; a larger one fails as invalid_body.

@@ -50,6 +50,41 @@ using shutdown_atom = caf::atom_constant<caf::atom("mg_shutdn")>;
 using summary_atom = caf::atom_constant<caf::atom("mg_summary")>;
 using prober_of_atom = caf::atom_constant<caf::atom("mg_prober")>;
 
+/// How late probes start against their schedule: counts per bucket.
+struct lateness_histogram {
+  /// Upper bounds in ms; the last bucket takes everything above.
+  static constexpr double bounds[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000};
+  static constexpr size_t bucket_count = sizeof bounds / sizeof bounds[0] + 1;
+  uint64_t counts[bucket_count] = {};
+  double max_ms = 0;
+
+  void add(double ms) {
+    size_t i = 0;
+    while (i < bucket_count - 1 && ms > bounds[i])
+      ++i;
+    ++counts[i];
+    if (ms > max_ms)
+      max_ms = ms;
+  }
+
+  /// The bucket bound under which `q` (0..1) of the samples fall.
+  double quantile(double q) const {
+    uint64_t total = 0;
+    for (auto c : counts)
+      total += c;
+    if (total == 0)
+      return 0;
+    auto want = static_cast<uint64_t>(q * static_cast<double>(total) + 0.999999);
+    uint64_t seen = 0;
+    for (size_t i = 0; i < bucket_count; ++i) {
+      seen += counts[i];
+      if (seen >= want)
+        return i < bucket_count - 1 ? bounds[i] : max_ms;
+    }
+    return max_ms;
+  }
+};
+
 /// Counters of applied probe results since start.
 struct health_stats {
   uint64_t checks_total = 0;
@@ -58,6 +93,7 @@ struct health_stats {
   uint64_t active_healthy = 0;
   uint64_t active_unhealthy = 0;
   uint64_t active_unknown = 0;
+  lateness_histogram lateness; // of scheduled probes
 };
 
 /// Whoever wants to hear of every change to a record (the supervisor, later
