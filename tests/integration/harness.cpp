@@ -261,7 +261,9 @@ daemon_process::daemon_process(const std::string& binary, std::vector<std::strin
       throw std::runtime_error(error);
 
     // Wait for the listening line, the daemon's exit, or the deadline.
-    static const std::regex line_re(R"(^modelgate listening on http://(\S+):([0-9]+)$)");
+    // modelgated's line, or mock-model-server's (which this class starts too).
+    static const std::regex line_re(
+      R"(^(?:modelgate|mock-model-server) listening on http://(\S+):([0-9]+)$)");
     auto deadline = clock_type::now() + ready_timeout;
     std::string pending;
     bool ready = false;

@@ -103,7 +103,8 @@ process_result run_process(const std::vector<std::string>& args, const env_list&
 // Starts the daemon in its own fresh temporary directory (its cwd), stdout on a
 // pipe, stderr into `<dir>/stderr.log`. The text "{dir}" inside args and env
 // values is replaced by that directory. The constructor returns once the
-// daemon printed `modelgate listening on http://HOST:PORT`; it throws
+// daemon printed `modelgate listening on http://HOST:PORT` (or
+// mock-model-server printed its own listening line); it throws
 // std::runtime_error (with the daemon's stderr) if the daemon exits first or
 // the line does not come within `ready_timeout`. The destructor kills
 // (SIGKILL) and reaps a daemon still running and removes the directory.

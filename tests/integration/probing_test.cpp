@@ -1,0 +1,324 @@
+// probing_test.cpp — health checking end to end: the real modelgated probing
+// real mock-model-servers over loopback. Fault modes map to the contract's
+// error kinds, dead servers are retired after exactly max-failures probes,
+// hanging servers delay nobody, stop/start pause probing, shutdown is prompt
+// with probes hanging, and probing resumes after a restart.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <regex>
+
+#include "harness.hpp"
+
+using json = nlohmann::json;
+using namespace mg_test;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string mock_bin() {
+  return MOCK_SERVER_PATH;
+}
+
+/// One mock-model-server and a client of its control port.
+struct mock_server {
+  daemon_process proc;
+  int control_port = 0;
+
+  explicit mock_server(const std::string& mode = "healthy")
+    : proc(mock_bin(), {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--mode", mode}) {
+    static const std::regex re(R"(mock-model-server control on http://[^:]+:([0-9]+))");
+    std::smatch m;
+    auto out = proc.stdout_text();
+    REQUIRE(std::regex_search(out, m, re));
+    control_port = std::stoi(m[1].str());
+  }
+
+  std::string url() const {
+    return "http://127.0.0.1:" + std::to_string(proc.port());
+  }
+
+  json control(const std::string& method = "GET", const std::string& path = "/control",
+               const std::string& body = {}) {
+    http_client c{"127.0.0.1", control_port};
+    auto r = c.request(method, path, body);
+    REQUIRE(r.status == 200);
+    return json::parse(r.body);
+  }
+
+  void set_mode(const std::string& mode) {
+    control("POST", "/control", json{{"mode", mode}}.dump());
+  }
+
+  void reset() {
+    control("POST", "/control/reset");
+  }
+
+  int64_t health_requests() {
+    auto j = control();
+    return j["requests"].value("/health", int64_t{0});
+  }
+};
+
+/// A daemon probing every `interval` seconds.
+struct probing_daemon {
+  daemon_process proc;
+  http_client client;
+
+  explicit probing_daemon(const std::string& interval = "0.2", const std::string& timeout = "0.2",
+                          const std::string& max_failures = "3",
+                          std::vector<std::string> extra = {})
+    : proc(modelgated_bin(), with(extra, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db",
+                                          "--health-interval", interval, "--health-timeout",
+                                          timeout, "--max-failures", max_failures,
+                                          "--log-level", "debug"})),
+      client("127.0.0.1", proc.port()) {
+  }
+
+  static std::vector<std::string> with(std::vector<std::string> extra,
+                                       std::vector<std::string> base) {
+    base.insert(base.end(), extra.begin(), extra.end());
+    return base;
+  }
+
+  std::string register_server(const std::string& url, const json& extra = json::object()) {
+    json body = {{"url", url}, {"models", {"m"}}};
+    body.update(extra);
+    auto r = client.post("/v1/servers", body.dump());
+    REQUIRE(r.status == 201);
+    return json::parse(r.body)["id"];
+  }
+
+  json record(const std::string& id) {
+    auto r = client.get("/v1/servers/" + id);
+    REQUIRE(r.status == 200);
+    return json::parse(r.body);
+  }
+
+  json events(const std::string& id) {
+    return json::parse(client.get("/v1/servers/" + id + "/events").body)["data"];
+  }
+
+  bool wait_status(const std::string& id, const std::string& status,
+                   std::chrono::milliseconds limit = 5s) {
+    return wait_until([&] { return record(id)["status"] == status; }, limit);
+  }
+};
+
+} // namespace
+
+TEST_CASE("each fault mode makes a server unhealthy with the contract's error kind",
+          "[probing][integration]") {
+  struct row {
+    const char* mode;
+    const char* kind;
+  };
+  const row rows[] = {
+    {"http_500", "http_status"}, {"invalid_json", "invalid_body"}, {"empty_body", "invalid_body"},
+    {"hang", "timeout"},         {"refuse", "connect"},            {"close", "protocol"},
+  };
+  probing_daemon d{"0.2", "0.2", "1000"};
+  for (const auto& r : rows) {
+    INFO("mode " << r.mode);
+    mock_server mock;
+    auto id = d.register_server(mock.url());
+    REQUIRE(d.wait_status(id, "healthy"));
+    mock.set_mode(r.mode);
+    REQUIRE(d.wait_status(id, "unhealthy"));
+    auto rec = d.record(id);
+    CHECK(rec["last_error_kind"] == r.kind);
+    CHECK(rec["last_error"].is_string());
+    CHECK(rec["consecutive_failures"].get<int>() >= 1);
+    CHECK(rec["last_check_at"].is_string());
+  }
+}
+
+TEST_CASE("a dead server is deregistered after exactly max-failures probes, with an event and an ERROR line",
+          "[probing][integration]") {
+  probing_daemon d{"0.2", "0.2", "3"};
+  mock_server mock;
+  auto id = d.register_server(mock.url());
+  REQUIRE(d.wait_status(id, "healthy"));
+  mock.set_mode("http_500");
+  mock.reset();
+  REQUIRE(wait_until([&] { return d.record(id)["is_active"] == false; }, 5s));
+  auto rec = d.record(id);
+  CHECK(rec["deregistered_reason"] == "health_check");
+  CHECK(rec["consecutive_failures"] == 3);
+  CHECK(mock.health_requests() == 3);
+  // Probing stopped: still three after two more intervals.
+  auto t0 = std::chrono::steady_clock::now();
+  wait_until([&] { return std::chrono::steady_clock::now() - t0 > 500ms; }, 1s);
+  CHECK(mock.health_requests() == 3);
+  auto ev = d.events(id);
+  std::vector<std::string> names;
+  for (const auto& e : ev)
+    names.push_back(e["event"]);
+  CHECK(names == std::vector<std::string>{"registered", "healthy", "unhealthy", "deregistered"});
+  CHECK(ev.back()["detail"] == "health_check");
+  auto log = d.proc.stderr_text();
+  CHECK(std::regex_search(log, std::regex("ERROR [^\n]*server_id=" + id)));
+  CHECK(std::regex_search(log, std::regex("WARNING [^\n]*consecutive_failures=1[^\n]*server_id=" +
+                                          id)));
+}
+
+TEST_CASE("a server that recovers before the threshold is healthy again with zero failures",
+          "[probing][integration]") {
+  probing_daemon d{"0.2", "0.2", "5"};
+  mock_server mock;
+  auto id = d.register_server(mock.url());
+  REQUIRE(d.wait_status(id, "healthy"));
+  mock.set_mode("http_500");
+  REQUIRE(d.wait_status(id, "unhealthy"));
+  mock.set_mode("healthy");
+  REQUIRE(d.wait_status(id, "healthy"));
+  auto rec = d.record(id);
+  CHECK(rec["consecutive_failures"] == 0);
+  CHECK(rec["is_active"] == true);
+  CHECK(rec["last_error"].is_null());
+  CHECK(rec["last_response_time_ms"].is_number());
+}
+
+TEST_CASE("hanging servers do not delay the probes of a healthy one", "[probing][integration]") {
+  probing_daemon d{"0.2", "0.2", "1000"};
+  mock_server hang1{"hang"}, hang2{"hang"}, hang3{"hang"};
+  mock_server healthy;
+  for (auto* m : {&hang1, &hang2, &hang3})
+    d.register_server(m->url());
+  auto id = d.register_server(healthy.url());
+  REQUIRE(d.wait_status(id, "healthy"));
+  healthy.reset();
+  auto t0 = std::chrono::steady_clock::now();
+  wait_until([&] { return std::chrono::steady_clock::now() - t0 >= 2s; }, 3s);
+  auto n = healthy.health_requests();
+  // 2 s at 0.2 s: 10 probes; allow scheduling noise on a loaded machine.
+  CHECK(n >= 8);
+  CHECK(n <= 12);
+}
+
+TEST_CASE("health_expect status accepts an empty 200 that json rejects", "[probing][integration]") {
+  probing_daemon d;
+  mock_server mock{"empty_body"};
+  auto as_status = d.register_server(mock.url(), {{"health_expect", "status"}});
+  REQUIRE(d.wait_status(as_status, "healthy"));
+  mock_server other{"empty_body"};
+  auto as_json = d.register_server(other.url());
+  REQUIRE(d.wait_status(as_json, "unhealthy"));
+  CHECK(d.record(as_json)["last_error_kind"] == "invalid_body");
+}
+
+TEST_CASE("the api_key of a server is sent on its probes", "[probing][integration]") {
+  probing_daemon d;
+  mock_server mock;
+  auto id = d.register_server(mock.url(), {{"api_key", "sk-probe-secret"}});
+  REQUIRE(d.wait_status(id, "healthy"));
+  auto headers = mock.control()["last_headers"];
+  CHECK(headers.value("authorization", "") == "Bearer sk-probe-secret");
+  CHECK(d.proc.stderr_text().find("sk-probe-secret") == std::string::npos);
+}
+
+TEST_CASE("stop and start really pause and resume probes", "[probing][integration]") {
+  probing_daemon d;
+  mock_server mock;
+  auto id = d.register_server(mock.url());
+  REQUIRE(d.wait_status(id, "healthy"));
+  auto stopped = d.client.post("/v1/health-checker/stop", "");
+  REQUIRE(stopped.status == 200);
+  CHECK(json::parse(stopped.body)["running"] == false);
+  CHECK(json::parse(d.client.post("/v1/health-checker/stop", "").body)["running"] == false);
+  REQUIRE(wait_until([&] { return json::parse(d.client.get("/v1/health-checker").body)["probers"] == 0; }, 2s));
+  mock.reset();
+  auto t0 = std::chrono::steady_clock::now();
+  wait_until([&] { return std::chrono::steady_clock::now() - t0 >= 700ms; }, 1s);
+  CHECK(mock.health_requests() == 0);
+  // An on-demand check works while paused.
+  auto check = d.client.post("/v1/servers/" + id + "/check", "");
+  REQUIRE(check.status == 200);
+  auto cj = json::parse(check.body);
+  CHECK(cj["healthy"] == true);
+  CHECK(cj["status_code"] == 200);
+  CHECK(cj["response_time_ms"].is_number());
+  CHECK(cj["error"].is_null());
+  CHECK(cj["error_kind"].is_null());
+  CHECK(mock.health_requests() == 1);
+  auto started = d.client.post("/v1/health-checker/start", "");
+  REQUIRE(started.status == 200);
+  auto sj = json::parse(started.body);
+  CHECK(sj["running"] == true);
+  CHECK(sj["probers"] == 1);
+  for (const char* key : {"interval_seconds", "timeout_seconds", "max_consecutive_failures",
+                          "auto_deregister", "checks_total", "failures_total",
+                          "deregistrations_total"})
+    CHECK(sj.contains(key));
+  REQUIRE(wait_until([&] { return mock.health_requests() >= 3; }, 2s));
+}
+
+TEST_CASE("an on-demand check of an inactive server is 409 and of an unknown one 404",
+          "[probing][integration]") {
+  probing_daemon d;
+  mock_server mock;
+  auto id = d.register_server(mock.url());
+  REQUIRE(d.client.del("/v1/servers/" + id).status == 200);
+  auto r = d.client.post("/v1/servers/" + id + "/check", "");
+  CHECK(r.status == 409);
+  CHECK(json::parse(r.body)["error"]["code"] == "conflict");
+  CHECK(d.client.post("/v1/servers/srv_000000000000/check", "").status == 404);
+  mock.set_mode("refuse");
+  auto live = d.register_server("http://127.0.0.1:1");
+  auto failed = json::parse(d.client.post("/v1/servers/" + live + "/check", "").body);
+  CHECK(failed["healthy"] == false);
+  CHECK(failed["error_kind"] == "connect");
+  CHECK(failed["status_code"].is_null());
+}
+
+TEST_CASE("SIGTERM with probes hanging exits 0 within 5 seconds", "[probing][integration]") {
+  probing_daemon d{"1", "1", "3"};
+  mock_server hang{"hang"};
+  auto id = d.register_server(hang.url());
+  REQUIRE(wait_until([&] { return hang.health_requests() >= 1; }, 3s));
+  auto t0 = std::chrono::steady_clock::now();
+  d.proc.terminate();
+  auto status = d.proc.wait_exit(5s);
+  REQUIRE(status);
+  CHECK(*status == 0);
+  CHECK(std::chrono::steady_clock::now() - t0 < 5s);
+  (void) id;
+}
+
+TEST_CASE("after a restart probing resumes for every active server within one interval",
+          "[probing][integration]") {
+  temp_dir dir;
+  auto db = dir.file("m.db");
+  mock_server a, b;
+  std::vector<std::string> ids;
+  {
+    daemon_process d(modelgated_bin(), {"--listen", "127.0.0.1:0", "--db", db,
+                                        "--health-interval", "1", "--health-timeout", "0.5"});
+    http_client c{"127.0.0.1", d.port()};
+    for (auto* m : {&a, &b})
+      ids.push_back(json::parse(c.post("/v1/servers", json{{"url", m->url()}, {"models", {"m"}}}.dump()).body)["id"]);
+    d.terminate();
+    REQUIRE(d.wait_exit(5s) == std::optional<int>{0});
+  }
+  a.reset();
+  b.reset();
+  daemon_process d(modelgated_bin(), {"--listen", "127.0.0.1:0", "--db", db,
+                                      "--health-interval", "1", "--health-timeout", "0.5"});
+  auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(wait_until([&] { return a.health_requests() >= 1 && b.health_requests() >= 1; }, 3s));
+  CHECK(std::chrono::steady_clock::now() - t0 < 1500ms); // one interval plus margin
+  CHECK(json::parse(http_client{"127.0.0.1", d.port()}.get("/v1/health-checker").body)["probers"] == 2);
+}
+
+TEST_CASE("modelgatectl check and status talk to the health checker", "[probing][integration]") {
+  probing_daemon d;
+  mock_server mock;
+  auto id = d.register_server(mock.url());
+  auto url = "http://127.0.0.1:" + std::to_string(d.proc.port());
+  auto check = run_process({MODELGATECTL_PATH, "--url", url, "--json", "check", id});
+  CHECK(check.exit_code == 0);
+  CHECK(json::parse(check.out)["healthy"] == true);
+  auto status = run_process({MODELGATECTL_PATH, "--url", url, "status"});
+  CHECK(status.exit_code == 0);
+  CHECK(status.out.find("running") != std::string::npos);
+}

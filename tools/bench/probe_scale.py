@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""Probe-scale benchmark (issue 3): N servers on mock-model-server --ports,
+interval 1 s, timeout 0.5 s, probed by modelgated for a fixed time; the same N
+checked by HAProxy 2.6 (`check inter 1s`) in the same run for comparison.
+
+Run by hand, as root (it installs haproxy if missing):
+    python3 tools/bench/probe_scale.py [--sizes 1000,5000,10000] [--seconds 30]
+
+Reports per scenario: probes/s achieved vs expected, CPU microseconds per
+probe (utime+stime from /proc/PID/stat), p99 lateness of probes against their
+schedule (from /v1/health-checker), RSS, and the time from a server's death
+(refuse, hang) to `unhealthy`.
+
+File descriptors: each process here is limited to the hard RLIMIT_NOFILE of
+this machine (20,000 on the CI/dev machines, and it cannot be raised without
+CAP_SYS_RESOURCE). The script raises the soft limit to the hard limit for the
+processes it starts, and splits the mock servers over processes of at most
+5,000 ports each (a port costs a listener and an accepted connection).
+Only 127.0.0.1 is used.
+"""
+import argparse
+import http.client
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.join(ROOT, "build", "bin")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PORTS_PER_MOCK = 5000
+
+
+def raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_line(proc, prefix, timeout=20):
+    deadline = time.time() + timeout
+    lines = []
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError(f"process exited: {lines}")
+            continue
+        lines.append(line.strip())
+        if line.startswith(prefix):
+            return line.strip()
+    raise RuntimeError(f"no line {prefix!r} within {timeout}s: {lines}")
+
+
+class Mock:
+    """One mock-model-server process serving `count` consecutive ports."""
+
+    def __init__(self, count, mode="healthy"):
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "mock-model-server"), "--listen", "127.0.0.1:0",
+             "--ports", str(count), "--mode", mode, "--control", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        control = wait_line(self.proc, "mock-model-server control on http://")
+        self.control_port = int(control.rsplit(":", 1)[1])
+        first = wait_line(self.proc, "mock-model-server listening on http://")
+        self.first_port = int(first.rsplit(":", 1)[1])
+        self.count = count
+
+    def ports(self):
+        return range(self.first_port, self.first_port + self.count)
+
+    def control(self, body=None):
+        c = http.client.HTTPConnection("127.0.0.1", self.control_port, timeout=5)
+        if body is None:
+            c.request("GET", "/control")
+        else:
+            c.request("POST", "/control", json.dumps(body), {"Content-Type": "application/json"})
+        r = json.loads(c.getresponse().read())
+        c.close()
+        return r
+
+    def health_requests(self):
+        return self.control().get("requests", {}).get("/health", 0)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start_mocks(n, mode="healthy"):
+    mocks = []
+    left = n
+    while left > 0:
+        count = min(PORTS_PER_MOCK, left)
+        mocks.append(Mock(count, mode))
+        left -= count
+    return mocks
+
+
+class Daemon:
+    def __init__(self, workdir):
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "modelgated"), "--listen", "127.0.0.1:0",
+             "--db", os.path.join(workdir, "bench.db"), "--health-interval", "1",
+             "--health-timeout", "0.5", "--max-failures", "1000000",
+             "--log-level", "error"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = wait_line(self.proc, "modelgate listening on http://")
+        self.port = int(line.rsplit(":", 1)[1])
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+
+    def call(self, method, path, body=None):
+        self.conn.request(method, path, None if body is None else json.dumps(body),
+                          {"Content-Type": "application/json"})
+        r = self.conn.getresponse()
+        return r.status, json.loads(r.read() or b"null")
+
+    def register(self, port):
+        status, rec = self.call("POST", "/v1/servers",
+                                {"url": f"http://127.0.0.1:{port}", "models": ["m"]})
+        assert status in (200, 201), (status, rec)
+        return rec["id"]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(10)
+
+
+def time_to_unhealthy(daemon, mode):
+    """A single-port mock switched to `mode`; seconds until its record says unhealthy."""
+    mock = Mock(1)
+    sid = daemon.register(mock.first_port)
+    deadline = time.time() + 10
+    while time.time() < deadline:  # wait until it was probed healthy once
+        if daemon.call("GET", f"/v1/servers/{sid}")[1]["status"] == "healthy":
+            break
+        time.sleep(0.01)
+    mock.control({"mode": mode})
+    t0 = time.time()
+    result = None
+    while time.time() < t0 + 10:
+        if daemon.call("GET", f"/v1/servers/{sid}")[1]["status"] == "unhealthy":
+            result = time.time() - t0
+            break
+        time.sleep(0.005)
+    daemon.call("DELETE", f"/v1/servers/{sid}")
+    mock.stop()
+    return result
+
+
+def run_modelgate(n, seconds, hang_share, workdir):
+    hang = int(n * hang_share)
+    mocks = start_mocks(n - hang) + (start_mocks(hang, "hang") if hang else [])
+    daemon = Daemon(workdir)
+    t = time.time()
+    for m in mocks:
+        for port in m.ports():
+            daemon.register(port)
+    reg_seconds = time.time() - t
+    time.sleep(2.5)  # every prober past its random first tick
+    _, before = daemon.call("GET", "/v1/health-checker")
+    cpu0, t0 = cpu_seconds(daemon.proc.pid), time.time()
+    time.sleep(seconds)
+    cpu1, t1 = cpu_seconds(daemon.proc.pid), time.time()
+    _, after = daemon.call("GET", "/v1/health-checker")
+    probes = after["checks_total"] - before["checks_total"]
+    elapsed = t1 - t0
+    result = {
+        "servers": n, "hanging": hang,
+        "expected_per_s": n, "probes_per_s": probes / elapsed,
+        "cpu_us_per_probe": (cpu1 - cpu0) * 1e6 / max(probes, 1),
+        "lateness_p99_ms": after.get("probe_lateness_p99_ms"),
+        "lateness_max_ms": after.get("probe_lateness_max_ms"),
+        "rss_mib": rss_kib(daemon.proc.pid) / 1024,
+        "register_s": reg_seconds,
+    }
+    if hang == 0:
+        result["refused_to_unhealthy_s"] = time_to_unhealthy(daemon, "refuse")
+        result["hang_to_unhealthy_s"] = time_to_unhealthy(daemon, "hang")
+    daemon.stop()
+    for m in mocks:
+        m.stop()
+    return result
+
+
+def run_haproxy(n, seconds, workdir):
+    mocks = start_mocks(n)
+    cfg = os.path.join(workdir, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write("global\n  maxconn 50000\n  log stdout format raw local0 emerg\n"
+                "defaults\n  mode http\n  timeout connect 500ms\n  timeout check 500ms\n"
+                "  timeout client 5s\n  timeout server 5s\n"
+                "backend models\n  option httpchk GET /health\n")
+        i = 0
+        for m in mocks:
+            for port in m.ports():
+                f.write(f"  server s{i} 127.0.0.1:{port} check inter 1s\n")
+                i += 1
+        f.write("frontend fe\n  bind 127.0.0.1:0\n  default_backend models\n")
+    proc = subprocess.Popen(["haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(3)  # HAProxy spreads the first checks over the interval
+    h0 = sum(m.health_requests() for m in mocks)
+    cpu0, t0 = cpu_seconds(proc.pid), time.time()
+    time.sleep(seconds)
+    cpu1, t1 = cpu_seconds(proc.pid), time.time()
+    h1 = sum(m.health_requests() for m in mocks)
+    rss = rss_kib(proc.pid) / 1024
+    proc.terminate()
+    proc.wait(10)
+    for m in mocks:
+        m.stop()
+    checks = h1 - h0
+    return {"servers": n, "checks_per_s": checks / (t1 - t0),
+            "cpu_us_per_check": (cpu1 - cpu0) * 1e6 / max(checks, 1), "rss_mib": rss}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1000,5000,10000")
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--no-haproxy", action="store_true")
+    args = ap.parse_args()
+    if shutil.which("haproxy") is None and not args.no_haproxy:
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "haproxy"],
+                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["systemctl", "stop", "haproxy"], stderr=subprocess.DEVNULL)
+    hard = raise_fd_limit()
+    print(f"nproc: {os.cpu_count()}  RLIMIT_NOFILE raised to {hard} for the processes started here")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="probe-scale-") as workdir:
+        rows = []
+        for n in sizes:
+            rows.append(run_modelgate(n, args.seconds, 0.0, workdir))
+            print(json.dumps(rows[-1]), flush=True)
+        rows.append(run_modelgate(max(sizes), args.seconds, 0.2, workdir))
+        print(json.dumps(rows[-1]), flush=True)
+        ha = []
+        if not args.no_haproxy:
+            for n in sizes:
+                ha.append(run_haproxy(n, args.seconds, workdir))
+                print(json.dumps(ha[-1]), flush=True)
+    print()
+    print("| servers | hanging | probes/s (expected) | CPU µs/probe | HAProxy CPU µs/check | ratio | p99 lateness ms | RSS MiB | refused->unhealthy s | hang->unhealthy s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        h = next((x for x in ha if x["servers"] == r["servers"]), None) if r["hanging"] == 0 else None
+        hcpu = f"{h['cpu_us_per_check']:.1f} ({h['checks_per_s']:.0f}/s)" if h else "-"
+        ratio = f"{r['cpu_us_per_probe'] / h['cpu_us_per_check']:.2f}" if h else "-"
+        print(f"| {r['servers']} | {r['hanging']} | {r['probes_per_s']:.0f} ({r['expected_per_s']}) "
+              f"| {r['cpu_us_per_probe']:.1f} | {hcpu} | {ratio} | {r['lateness_p99_ms']} "
+              f"| {r['rss_mib']:.1f} | {r.get('refused_to_unhealthy_s') or '-'} "
+              f"| {r.get('hang_to_unhealthy_s') or '-'} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
