@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <chrono>
 #include <functional>
 #include <random>
 #include <unordered_map>
@@ -25,11 +26,17 @@ struct registry_state {
   std::mt19937_64 rng;
   std::unordered_map<std::string, server_record> servers;
   std::unordered_map<std::string, std::string> id_by_url;
-  // Uncommitted changes: each record once, in its latest form.
-  std::unordered_map<std::string, size_t> pending_index;
-  write_batch pending;
+  // Uncommitted changes, each record once in its latest form: whole records
+  // (registrations, deregistrations...) commit at once and durably; changes
+  // of health fields alone (probe results) gather for up to a second and
+  // commit without fsync, so 10,000 results a second cost a few commits.
+  std::unordered_map<std::string, server_record> pending_full;
+  std::unordered_map<std::string, server_record> pending_health;
+  std::vector<server_event> pending_events;
   std::vector<commit_waiter> waiters;
-  bool commit_scheduled = false;
+  bool commit_scheduled = false;        // a commit_atom is on its way
+  bool health_flush_scheduled = false;  // a delayed health_flush_atom is
+  std::chrono::milliseconds health_flush_delay{1000};
   health_config health;
   health_stats stats; // checks, failures, deregistrations since start
   std::vector<registry_listener> listeners;
@@ -63,25 +70,34 @@ std::string new_id(registry_state& st) {
   }
 }
 
+/// What a staged change touches.
+enum class change_kind { whole_record, health_only };
+
 /// Records a changed record and its event for the next commit, and tells
 /// the listeners when something they act on changed (activity, status,
 /// settings): a routine probe result that changes only timings does not.
 void stage(registry_self self, const server_record& rec, std::optional<server_event> ev,
-           bool notify = true) {
+           bool notify = true, change_kind kind = change_kind::whole_record) {
   auto& st = self->state;
   if (notify)
     for (const auto& l : st.listeners)
       self->send(l, changed_atom::value, rec);
-  auto [it, inserted] = st.pending_index.emplace(rec.id, st.pending.records.size());
-  if (inserted)
-    st.pending.records.push_back(rec);
-  else
-    st.pending.records[it->second] = rec;
+  if (kind == change_kind::whole_record || st.pending_full.count(rec.id) > 0) {
+    st.pending_full[rec.id] = rec;
+    st.pending_health.erase(rec.id);
+  } else {
+    st.pending_health[rec.id] = rec;
+  }
   if (ev)
-    st.pending.events.push_back(std::move(*ev));
-  if (!st.commit_scheduled) {
-    st.commit_scheduled = true;
-    self->send(self, commit_atom::value);
+    st.pending_events.push_back(std::move(*ev));
+  if (kind == change_kind::whole_record) {
+    if (!st.commit_scheduled) {
+      st.commit_scheduled = true;
+      self->send(self, commit_atom::value);
+    }
+  } else if (!st.health_flush_scheduled) {
+    st.health_flush_scheduled = true;
+    self->delayed_send(self, st.health_flush_delay, health_flush_atom::value);
   }
 }
 
@@ -91,15 +107,25 @@ caf::error commit_now(registry_self self) {
   auto& st = self->state;
   st.commit_scheduled = false;
   caf::error result;
-  if (!st.pending.empty()) {
+  if (!st.pending_full.empty() || !st.pending_health.empty() || !st.pending_events.empty()) {
+    write_batch batch;
+    batch.records.reserve(st.pending_full.size());
+    for (auto& kv : st.pending_full)
+      batch.records.push_back(std::move(kv.second));
+    batch.health.reserve(st.pending_health.size());
+    for (auto& kv : st.pending_health)
+      batch.health.push_back(std::move(kv.second));
+    batch.events = std::move(st.pending_events);
+    auto level = batch.records.empty() ? durability::normal : durability::full;
+    st.pending_full.clear();
+    st.pending_health.clear();
+    st.pending_events.clear();
     try {
-      st.store->commit(st.pending);
+      st.store->commit(batch, level);
     } catch (const std::exception& e) {
       log(log_level::error, "registry commit failed; changes rolled back",
-          {{"error", e.what()}, {"changes", st.pending.records.size()}});
+          {{"error", e.what()}, {"changes", batch.records.size() + batch.health.size()}});
       result = make_error(errc::internal, "storage failure: the change was not saved");
-      st.pending.clear();
-      st.pending_index.clear();
       try {
         load(st);
       } catch (const std::exception& e2) {
@@ -107,8 +133,6 @@ caf::error commit_now(registry_self self) {
       }
     }
   }
-  st.pending.clear();
-  st.pending_index.clear();
   auto waiters = std::move(st.waiters);
   st.waiters.clear();
   for (auto& w : waiters)
@@ -159,11 +183,13 @@ void reset_to_active(server_record& rec, epoch_ms now) {
 
 void stage_with_events(registry_self self, const server_record& rec,
                        std::vector<server_event> events) {
+  // A status change without deregistration touches health fields only.
+  auto kind = rec.is_active ? change_kind::health_only : change_kind::whole_record;
   if (events.empty())
-    return stage(self, rec, std::nullopt, false);
-  stage(self, rec, std::move(events.front()));
+    return stage(self, rec, std::nullopt, false, kind);
+  stage(self, rec, std::move(events.front()), true, kind);
   for (size_t i = 1; i < events.size(); ++i) // same record: one notification is enough
-    self->state.pending.events.push_back(std::move(events[i]));
+    self->state.pending_events.push_back(std::move(events[i]));
 }
 
 /// Applies one probe outcome through the health policy; false when dropped.
@@ -335,6 +361,10 @@ registry_actor::behavior_type registry_impl(registry_self self, registry_options
         return it->second; // changed meanwhile: report the record as it is
       auto rp = self->make_response_promise<server_record>();
       reply_after_commit(self, rp, it->second);
+      if (!self->state.commit_scheduled) { // someone waits: do not wait for the flush
+        self->state.commit_scheduled = true;
+        self->send(self, commit_atom::value);
+      }
       return rp;
     },
     [=](passive_atom, const std::string& id, uint64_t generation, const std::string& error,
@@ -372,6 +402,10 @@ registry_actor::behavior_type registry_impl(registry_self self, registry_options
     [=](commit_atom) {
       if (self->state.commit_scheduled)
         commit_now(self);
+    },
+    [=](health_flush_atom) {
+      self->state.health_flush_scheduled = false;
+      commit_now(self);
     },
     [=](flush_atom) -> caf::result<bool> {
       if (auto err = commit_now(self))

@@ -186,7 +186,11 @@ private:
   }
 
   void do_write() {
-    stream_->expires_after(remaining());
+    // One deadline for the whole probe: set once, it covers connect (set in
+    // do_connect with the same instant), write and read. Re-arming it per
+    // step would cost a timer update each time.
+    if (reused_)
+      stream_->expires_after(remaining());
     http::async_write(*stream_, req_,
                       beast::bind_front_handler(&probe_client::on_write, shared_from_this()));
   }
@@ -199,7 +203,6 @@ private:
     buffer_.clear();
     parser_.emplace();
     parser_->body_limit(health_body_limit);
-    stream_->expires_after(remaining());
     http::async_read(*stream_, buffer_, *parser_,
                      beast::bind_front_handler(&probe_client::on_read, shared_from_this()));
   }

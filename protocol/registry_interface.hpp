@@ -33,6 +33,7 @@ using reactivate_atom = caf::atom_constant<caf::atom("mg_react")>;
 using events_atom = caf::atom_constant<caf::atom("mg_events")>;
 using commit_atom = caf::atom_constant<caf::atom("mg_commit")>;
 using flush_atom = caf::atom_constant<caf::atom("mg_flush")>;
+using health_flush_atom = caf::atom_constant<caf::atom("mg_hflush")>;
 using probed_atom = caf::atom_constant<caf::atom("mg_probed")>;
 using checked_atom = caf::atom_constant<caf::atom("mg_checked")>;
 using passive_atom = caf::atom_constant<caf::atom("mg_passive")>;
@@ -119,6 +120,8 @@ using registry_actor = caf::typed_actor<
   caf::replies_to<events_atom, std::string>::with<std::vector<server_event>>,
   // Internal: the registry sends this to itself to commit what has gathered.
   caf::reacts_to<commit_atom>,
+  // Internal: the delayed commit of gathered probe results.
+  caf::reacts_to<health_flush_atom>,
   // Commits everything pending now; replies true once durable.
   caf::replies_to<flush_atom>::with<bool>,
   // A scheduled probe's outcome for (id, generation); stale ones are dropped.

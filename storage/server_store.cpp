@@ -72,7 +72,9 @@ std::optional<T> column_opt(SQLite::Statement& st, int index) {
 struct server_store::impl {
   SQLite::Database db;
   std::unique_ptr<SQLite::Statement> upsert;
+  std::unique_ptr<SQLite::Statement> update_health;
   std::unique_ptr<SQLite::Statement> insert_event;
+  durability level = durability::full;
   std::unique_ptr<SQLite::Statement> select_events;
 
   explicit impl(const std::string& path)
@@ -115,6 +117,10 @@ server_store::server_store(const std::string& path) {
         registered_at = excluded.registered_at, updated_at = excluded.updated_at,
         deregistered_at = excluded.deregistered_at,
         deregistered_reason = excluded.deregistered_reason)sql");
+    impl_->update_health = std::make_unique<SQLite::Statement>(db, R"sql(
+      UPDATE model_servers SET status = ?2, consecutive_failures = ?3, last_check_at = ?4,
+        last_response_time_ms = ?5, last_error = ?6, last_error_kind = ?7, updated_at = ?8
+      WHERE id = ?1)sql");
     impl_->insert_event = std::make_unique<SQLite::Statement>(
       db, "INSERT INTO server_events (server_id, at, event, detail) VALUES (?1, ?2, ?3, ?4)");
     impl_->select_events = std::make_unique<SQLite::Statement>(
@@ -160,9 +166,14 @@ std::vector<server_record> server_store::load_all() {
   return result;
 }
 
-void server_store::commit(const write_batch& batch) {
+void server_store::commit(const write_batch& batch, durability level) {
   if (batch.empty())
     return;
+  if (level != impl_->level) {
+    impl_->db.exec(level == durability::full ? "PRAGMA synchronous=FULL"
+                                             : "PRAGMA synchronous=NORMAL");
+    impl_->level = level;
+  }
   SQLite::Transaction tx{impl_->db, SQLite::TransactionBehavior::IMMEDIATE};
   auto& up = *impl_->upsert;
   for (const auto& r : batch.records) {
@@ -188,6 +199,20 @@ void server_store::commit(const write_batch& batch) {
     bind_opt(up, 18, r.deregistered_at);
     bind_opt(up, 19, r.deregistered_reason);
     up.exec();
+  }
+  auto& hu = *impl_->update_health;
+  for (const auto& r : batch.health) {
+    hu.reset();
+    hu.clearBindings();
+    hu.bind(1, r.id);
+    hu.bind(2, to_string(r.status));
+    hu.bind(3, r.consecutive_failures);
+    bind_opt(hu, 4, r.last_check_at);
+    bind_opt(hu, 5, r.last_response_time_ms);
+    bind_opt(hu, 6, r.last_error);
+    bind_opt(hu, 7, r.last_error_kind);
+    hu.bind(8, r.updated_at);
+    hu.exec();
   }
   auto& ins = *impl_->insert_event;
   for (const auto& ev : batch.events) {

@@ -19,15 +19,26 @@ namespace mg {
 /// Writes that become durable together.
 struct write_batch {
   std::vector<server_record> records; // inserted or replaced whole, by id
-  std::vector<server_event> events;   // appended
+  /// Records whose health fields alone changed (status, failures, last_*,
+  /// updated_at): a narrow UPDATE, much cheaper than a whole row.
+  std::vector<server_record> health;
+  std::vector<server_event> events; // appended
 
   bool empty() const {
-    return records.empty() && events.empty();
+    return records.empty() && health.empty() && events.empty();
   }
   void clear() {
     records.clear();
+    health.clear();
     events.clear();
   }
+};
+
+/// How hard a commit must be on the disk.
+enum class durability {
+  full,   // fsync before returning: acknowledged changes (survive power loss)
+  normal, // WAL without fsync: survives a crash of the process, not of the OS;
+          // for probe results, which the next probe recomputes anyway
 };
 
 class server_store {
@@ -48,7 +59,7 @@ public:
   std::vector<server_record> load_all();
 
   /// Applies `batch` in one transaction. Throws on failure, after rolling back.
-  void commit(const write_batch& batch);
+  void commit(const write_batch& batch, durability level = durability::full);
 
   /// The events of one server, oldest first.
   std::vector<server_event> events(const std::string& server_id);

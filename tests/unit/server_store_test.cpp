@@ -86,7 +86,7 @@ TEST_CASE("a failing batch leaves nothing behind", "[store]") {
 TEST_CASE("an upsert replaces the whole record", "[store]") {
   server_store store{":memory:"};
   auto r = make_record("srv_000000000001", "http://a:1");
-  store.commit({{r}, {}});
+  store.commit({{r}, {}, {}});
   r.is_active = false;
   r.deregistered_at = 5000;
   r.deregistered_reason = "manual";
@@ -94,7 +94,7 @@ TEST_CASE("an upsert replaces the whole record", "[store]") {
   r.consecutive_failures = 2;
   r.last_error = "boom";
   r.api_key.reset();
-  store.commit({{r}, {}});
+  store.commit({{r}, {}, {}});
   auto all = store.load_all();
   REQUIRE(all.size() == 1);
   CHECK_FALSE(all[0].is_active);
@@ -103,6 +103,28 @@ TEST_CASE("an upsert replaces the whole record", "[store]") {
   CHECK(all[0].consecutive_failures == 2);
   CHECK(all[0].last_error == std::optional<std::string>{"boom"});
   CHECK_FALSE(all[0].api_key);
+}
+
+TEST_CASE("a health update changes only the health fields", "[store]") {
+  server_store store{":memory:"};
+  auto r = make_record("srv_000000000001", "http://a:1");
+  store.commit({{r}, {}, {}});
+  auto probed = r;
+  probed.status = server_status::healthy;
+  probed.consecutive_failures = 0;
+  probed.last_check_at = 7000;
+  probed.last_response_time_ms = 3.5;
+  probed.updated_at = 7000;
+  probed.models = {"changed-in-memory-only"}; // not a health field: not written
+  store.commit({{}, {probed}, {{r.id, 7000, "healthy", std::nullopt}}}, durability::normal);
+  auto all = store.load_all();
+  REQUIRE(all.size() == 1);
+  CHECK(all[0].status == server_status::healthy);
+  CHECK(all[0].last_check_at == std::optional<epoch_ms>{7000});
+  CHECK(all[0].last_response_time_ms == std::optional<double>{3.5});
+  CHECK(all[0].updated_at == 7000);
+  CHECK(all[0].models == std::vector<std::string>{"m1", "m2"});
+  CHECK(store.events(r.id).size() == 1);
 }
 
 TEST_CASE("a file store is created, migrated from an empty file, and reopened intact", "[store]") {
@@ -114,6 +136,7 @@ TEST_CASE("a file store is created, migrated from an empty file, and reopened in
     CHECK(store.user_version() == server_store::schema_version);
     CHECK(store.journal_mode() == "wal");
     store.commit({{make_record("srv_000000000001", "http://a:1")},
+                  {},
                   {{"srv_000000000001", 1000, "registered", std::nullopt}}});
   }
   server_store again{path};

@@ -34,6 +34,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.path.join(ROOT, "build", "bin")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PORTS_PER_MOCK = 5000
+STARTED = []  # every process started here, killed at exit whatever happens
+
+
+def spawn(args, **kw):
+    proc = subprocess.Popen(args, **kw)
+    STARTED.append(proc)
+    return proc
+
+
+def kill_started():
+    for p in STARTED:
+        if p.poll() is None:
+            p.kill()
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def raise_fd_limit():
@@ -75,7 +95,7 @@ class Mock:
     """One mock-model-server process serving `count` consecutive ports."""
 
     def __init__(self, count, mode="healthy"):
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [os.path.join(BIN, "mock-model-server"), "--listen", "127.0.0.1:0",
              "--ports", str(count), "--mode", mode, "--control", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -121,7 +141,12 @@ def start_mocks(n, mode="healthy"):
 
 class Daemon:
     def __init__(self, workdir):
-        self.proc = subprocess.Popen(
+        for suffix in ("", "-wal", "-shm"):  # every scenario starts empty
+            try:
+                os.remove(os.path.join(workdir, "bench.db" + suffix))
+            except FileNotFoundError:
+                pass
+        self.proc = spawn(
             [os.path.join(BIN, "modelgated"), "--listen", "127.0.0.1:0",
              "--db", os.path.join(workdir, "bench.db"), "--health-interval", "1",
              "--health-timeout", "0.5", "--max-failures", "1000000",
@@ -181,15 +206,19 @@ def run_modelgate(n, seconds, hang_share, workdir):
     reg_seconds = time.time() - t
     time.sleep(2.5)  # every prober past its random first tick
     _, before = daemon.call("GET", "/v1/health-checker")
+    h0 = sum(m.health_requests() for m in mocks)  # ground truth: what the servers saw
     cpu0, t0 = cpu_seconds(daemon.proc.pid), time.time()
     time.sleep(seconds)
     cpu1, t1 = cpu_seconds(daemon.proc.pid), time.time()
+    h1 = sum(m.health_requests() for m in mocks)
     _, after = daemon.call("GET", "/v1/health-checker")
-    probes = after["checks_total"] - before["checks_total"]
+    probes = h1 - h0
+    applied = after["checks_total"] - before["checks_total"]
     elapsed = t1 - t0
     result = {
         "servers": n, "hanging": hang,
         "expected_per_s": n, "probes_per_s": probes / elapsed,
+        "results_applied_per_s": applied / elapsed,
         "cpu_us_per_probe": (cpu1 - cpu0) * 1e6 / max(probes, 1),
         "lateness_p99_ms": after.get("probe_lateness_p99_ms"),
         "lateness_max_ms": after.get("probe_lateness_max_ms"),
@@ -209,7 +238,7 @@ def run_haproxy(n, seconds, workdir):
     mocks = start_mocks(n)
     cfg = os.path.join(workdir, "haproxy.cfg")
     with open(cfg, "w") as f:
-        f.write("global\n  maxconn 50000\n  log stdout format raw local0 emerg\n"
+        f.write("global\n  maxconn 4000\n"
                 "defaults\n  mode http\n  timeout connect 500ms\n  timeout check 500ms\n"
                 "  timeout client 5s\n  timeout server 5s\n"
                 "backend models\n  option httpchk GET /health\n")
@@ -218,8 +247,8 @@ def run_haproxy(n, seconds, workdir):
             for port in m.ports():
                 f.write(f"  server s{i} 127.0.0.1:{port} check inter 1s\n")
                 i += 1
-        f.write("frontend fe\n  bind 127.0.0.1:0\n  default_backend models\n")
-    proc = subprocess.Popen(["haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL,
+        f.write(f"frontend fe\n  bind 127.0.0.1:{free_port()}\n  default_backend models\n")
+    proc = spawn(["haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     time.sleep(3)  # HAProxy spreads the first checks over the interval
     h0 = sum(m.health_requests() for m in mocks)
@@ -242,6 +271,7 @@ def main():
     ap.add_argument("--sizes", default="1000,5000,10000")
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--no-haproxy", action="store_true")
+    ap.add_argument("--only-haproxy", action="store_true")
     args = ap.parse_args()
     if shutil.which("haproxy") is None and not args.no_haproxy:
         subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "haproxy"],
@@ -252,11 +282,12 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="probe-scale-") as workdir:
         rows = []
-        for n in sizes:
+        for n in ([] if args.only_haproxy else sizes):
             rows.append(run_modelgate(n, args.seconds, 0.0, workdir))
             print(json.dumps(rows[-1]), flush=True)
-        rows.append(run_modelgate(max(sizes), args.seconds, 0.2, workdir))
-        print(json.dumps(rows[-1]), flush=True)
+        if not args.only_haproxy:
+            rows.append(run_modelgate(max(sizes), args.seconds, 0.2, workdir))
+            print(json.dumps(rows[-1]), flush=True)
         ha = []
         if not args.no_haproxy:
             for n in sizes:
@@ -268,7 +299,7 @@ def main():
     for r in rows:
         h = next((x for x in ha if x["servers"] == r["servers"]), None) if r["hanging"] == 0 else None
         hcpu = f"{h['cpu_us_per_check']:.1f} ({h['checks_per_s']:.0f}/s)" if h else "-"
-        ratio = f"{r['cpu_us_per_probe'] / h['cpu_us_per_check']:.2f}" if h else "-"
+        ratio = f"{r['cpu_us_per_probe'] / h['cpu_us_per_check']:.2f}" if h and h["cpu_us_per_check"] else "-"
         print(f"| {r['servers']} | {r['hanging']} | {r['probes_per_s']:.0f} ({r['expected_per_s']}) "
               f"| {r['cpu_us_per_probe']:.1f} | {hcpu} | {ratio} | {r['lateness_p99_ms']} "
               f"| {r['rss_mib']:.1f} | {r.get('refused_to_unhealthy_s') or '-'} "
@@ -276,4 +307,6 @@ def main():
 
 
 if __name__ == "__main__":
+    import atexit
+    atexit.register(kill_started)
     sys.exit(main())
