@@ -13,7 +13,16 @@ int64_t steady_now_ms() {
 
 void schedule_tick_with_caf(const prober_actor& prober, std::chrono::milliseconds delay,
                             uint64_t tick_number) {
-  caf::delayed_anon_send(prober, delay, tick_atom::value, tick_number);
+  // Ticks land on shared 10 ms slots of the steady clock, so the ticks of
+  // thousands of probers fire in bursts: one wake-up of CAF's clock thread
+  // (and of a worker, and of the I/O thread) serves a whole slot instead of
+  // one probe. A tick is at most one slot late for it.
+  using namespace std::chrono;
+  constexpr auto slot = duration_cast<steady_clock::duration>(milliseconds(10));
+  auto now = steady_clock::now();
+  auto due = (now + delay).time_since_epoch();
+  auto slotted = steady_clock::time_point{((due + slot - steady_clock::duration(1)) / slot) * slot};
+  caf::delayed_anon_send(prober, slotted - now, tick_atom::value, tick_number);
 }
 
 namespace {

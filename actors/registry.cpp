@@ -6,6 +6,7 @@
 #include <functional>
 #include <random>
 #include <unordered_map>
+#include <unordered_set>
 
 #include <caf/all.hpp>
 
@@ -30,8 +31,9 @@ struct registry_state {
   // (registrations, deregistrations...) commit at once and durably; changes
   // of health fields alone (probe results) gather for up to a second and
   // commit without fsync, so 10,000 results a second cost a few commits.
-  std::unordered_map<std::string, server_record> pending_full;
-  std::unordered_map<std::string, server_record> pending_health;
+  // Ids only: the commit writes each record as it is in memory by then.
+  std::unordered_set<std::string> pending_full;
+  std::unordered_set<std::string> pending_health;
   std::vector<server_event> pending_events;
   std::vector<commit_waiter> waiters;
   bool commit_scheduled = false;        // a commit_atom is on its way
@@ -83,10 +85,10 @@ void stage(registry_self self, const server_record& rec, std::optional<server_ev
     for (const auto& l : st.listeners)
       self->send(l, changed_atom::value, rec);
   if (kind == change_kind::whole_record || st.pending_full.count(rec.id) > 0) {
-    st.pending_full[rec.id] = rec;
+    st.pending_full.insert(rec.id);
     st.pending_health.erase(rec.id);
   } else {
-    st.pending_health[rec.id] = rec;
+    st.pending_health.insert(rec.id);
   }
   if (ev)
     st.pending_events.push_back(std::move(*ev));
@@ -110,11 +112,11 @@ caf::error commit_now(registry_self self) {
   if (!st.pending_full.empty() || !st.pending_health.empty() || !st.pending_events.empty()) {
     write_batch batch;
     batch.records.reserve(st.pending_full.size());
-    for (auto& kv : st.pending_full)
-      batch.records.push_back(std::move(kv.second));
+    for (const auto& id : st.pending_full)
+      batch.records.push_back(st.servers.at(id));
     batch.health.reserve(st.pending_health.size());
-    for (auto& kv : st.pending_health)
-      batch.health.push_back(std::move(kv.second));
+    for (const auto& id : st.pending_health)
+      batch.health.push_back(st.servers.at(id));
     batch.events = std::move(st.pending_events);
     auto level = batch.records.empty() ? durability::normal : durability::full;
     st.pending_full.clear();

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <optional>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
@@ -109,6 +111,10 @@ public:
     if (target.api_key)
       req_.set(http::field::authorization, "Bearer " + *target.api_key);
     req_.keep_alive(true);
+    // The request never changes: serialize it once, send the bytes each time.
+    std::ostringstream out;
+    out << req_;
+    request_bytes_ = out.str();
   }
 
   void probe(std::chrono::milliseconds timeout, probe_callback done) override {
@@ -191,7 +197,7 @@ private:
     // step would cost a timer update each time.
     if (reused_)
       stream_->expires_after(remaining());
-    http::async_write(*stream_, req_,
+    asio::async_write(*stream_, asio::buffer(request_bytes_),
                       beast::bind_front_handler(&probe_client::on_write, shared_from_this()));
   }
 
@@ -276,6 +282,7 @@ private:
   probe_target target_;
   url_parts url_;
   http::request<http::empty_body> req_;
+  std::string request_bytes_;
   std::optional<beast::tcp_stream> stream_;
   std::vector<tcp::endpoint> endpoints_;
   beast::flat_buffer buffer_;
