@@ -1,11 +1,13 @@
 // The one entry point an embedding program calls: spawn modelgate's actors in
 // the caller's actor system.
 //
-// `spawn_modelgate` opens (and migrates) the database, spawns the registry and
-// the admin API actor and returns their handles. The caller may talk to the
+// `spawn_modelgate` opens (and migrates) the database, spawns the registry,
+// the supervisor (and its probers), the router, and the admin API and gateway
+// actors, and returns their handles. The caller may talk to the
 // registry directly through its typed interface, and may serve the admin API
-// over HTTP by handing `http_job`s to `admin_api` (tools/modelgated does
-// exactly that). `stop_modelgate` commits what is pending and exits the actors
+// over HTTP by handing `http_job`s to `admin_api`, and the OpenAI routes by
+// handing theirs to `gateway` (tools/modelgated does exactly that; see
+// `dispatch_http`). `stop_modelgate` commits what is pending and exits the actors
 // and stops the probe I/O threads; call it before the actor system is destroyed.
 #pragma once
 
@@ -26,6 +28,8 @@ struct modelgate_handles {
   registry_actor registry;
   supervisor_actor supervisor;
   admin_api_actor admin_api;
+  router_actor router;
+  gateway_actor gateway;
   /// The I/O threads of the health probes (owned here; stopped by stop_modelgate).
   std::shared_ptr<probe_runtime> probes;
 };
@@ -39,6 +43,9 @@ struct modelgate_hooks {
 /// Throws std::runtime_error when the database cannot be opened.
 modelgate_handles spawn_modelgate(caf::actor_system& sys, const modelgate_config& config,
                                   modelgate_hooks hooks = {});
+
+/// Hands an HTTP exchange to the actor that serves its path.
+void dispatch_http(const modelgate_handles& handles, std::shared_ptr<http_exchange> exchange);
 
 /// Flushes the registry (waiting at most `timeout`) and exits every actor.
 void stop_modelgate(caf::actor_system& sys, const modelgate_handles& handles,

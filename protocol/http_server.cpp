@@ -4,13 +4,17 @@
 // keep-alive holds. See http_server.hpp for the contract.
 #include "protocol/http_server.hpp"
 
+#include <array>
 #include <atomic>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <thread>
+#include <unistd.h>
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
@@ -29,12 +33,95 @@ using tcp = asio::ip::tcp;
 
 namespace {
 
+/// Idle keep-alive connections to upstream servers, as native handles so
+/// that any session can adopt one onto its own strand. Bounded per server.
+class upstream_pool {
+public:
+  explicit upstream_pool(size_t per_server) : per_server_(per_server) {
+  }
+
+  ~upstream_pool() {
+    for (auto& kv : idle_)
+      for (auto fd : kv.second)
+        ::close(fd);
+  }
+
+  /// An idle connection to `key`, or -1.
+  int take(const std::string& key) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    auto it = idle_.find(key);
+    if (it == idle_.end() || it->second.empty())
+      return -1;
+    int fd = it->second.back();
+    it->second.pop_back();
+    return fd;
+  }
+
+  void give(const std::string& key, int fd) {
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      auto& v = idle_[key];
+      if (v.size() < per_server_) {
+        v.push_back(fd);
+        return;
+      }
+    }
+    ::close(fd);
+  }
+
+private:
+  std::mutex mtx_;
+  size_t per_server_;
+  std::map<std::string, std::vector<int>> idle_;
+};
+
 /// What every session of one server shares; outlives the sessions.
 struct shared_state {
   http_server_options options;
   request_handler handler;
   std::atomic<size_t> open_connections{0};
+  std::unique_ptr<upstream_pool> pool;
 };
+
+/// host, port and base path of an upstream URL (already validated).
+struct upstream_address {
+  std::string host; // without brackets
+  std::string port;
+  std::string host_header;
+  std::string base_path;
+  std::string key() const {
+    return host + ":" + port;
+  }
+};
+
+upstream_address split_upstream(const std::string& url) {
+  upstream_address a;
+  auto scheme_end = url.find("://");
+  auto rest = scheme_end == std::string::npos ? url : url.substr(scheme_end + 3);
+  auto slash = rest.find('/');
+  auto authority = rest.substr(0, slash);
+  a.base_path = slash == std::string::npos ? "" : rest.substr(slash);
+  a.host_header = authority;
+  if (!authority.empty() && authority.front() == '[') {
+    auto close = authority.find(']');
+    a.host = authority.substr(1, close - 1);
+    if (close + 1 < authority.size() && authority[close + 1] == ':')
+      a.port = authority.substr(close + 2);
+  } else {
+    auto colon = authority.find(':');
+    a.host = authority.substr(0, colon);
+    if (colon != std::string::npos)
+      a.port = authority.substr(colon + 1);
+  }
+  if (a.port.empty())
+    a.port = url.compare(0, 8, "https://") == 0 ? "443" : "80";
+  return a;
+}
+
+std::string sse_error_event(const std::string& message, const char* code) {
+  nlohmann::json err = {{"error", {{"message", message}, {"type", "server_error"}, {"code", code}}}};
+  return "event: error\ndata: " + err.dump() + "\n\n";
+}
 
 constexpr size_t header_limit = 16 * 1024;
 
@@ -65,7 +152,325 @@ public:
     return request_;
   }
 
+  /// Called by exchanges from any thread: one try against an upstream.
+  void proxy(proxy_request upstream, proxy_callback done) {
+    asio::post(stream_.get_executor(),
+               [self = shared_from_this(), up = std::move(upstream), done = std::move(done)]() mutable {
+                 self->start_proxy(std::move(up), std::move(done));
+               });
+  }
+
 private:
+  // -- gateway: one try against an upstream, on this session's strand ---------
+
+  void start_proxy(proxy_request upstream, proxy_callback done) {
+    up_req_ = std::move(upstream);
+    up_done_ = std::move(done);
+    up_addr_ = split_upstream(up_req_.url);
+    up_bytes_to_client_ = false;
+    relay_done_ = false;
+    if (up_req_.url.compare(0, 8, "https://") == 0)
+      return proxy_finish(proxy_result::kind::connect_failed, 0,
+                          "https upstreams are not supported yet");
+    up_.emplace(stream_.get_executor());
+    int fd = state_->pool->take(up_addr_.key());
+    if (fd >= 0) {
+      beast::error_code ec;
+      auto address = asio::ip::make_address(up_addr_.host, ec);
+      up_->socket().assign(!ec && address.is_v6() ? tcp::v6() : tcp::v4(), fd, ec);
+      if (!ec) {
+        up_reused_ = true;
+        return up_write();
+      }
+    }
+    up_reused_ = false;
+    up_connect();
+  }
+
+  void up_connect() {
+    beast::error_code ec;
+    auto address = asio::ip::make_address(up_addr_.host, ec);
+    if (ec) {
+      // Host names are resolved synchronously: registered servers are
+      // normally addresses, and a name costs one lookup per new connection.
+      tcp::resolver resolver{stream_.get_executor()};
+      auto results = resolver.resolve(up_addr_.host, up_addr_.port, ec);
+      if (ec || results.empty())
+        return proxy_finish(proxy_result::kind::connect_failed, 0,
+                            "cannot resolve " + up_addr_.host + ": " + ec.message());
+      up_endpoints_.assign(results.begin(), results.end());
+    } else {
+      up_endpoints_.assign(1, tcp::endpoint{address, static_cast<unsigned short>(std::stoul(up_addr_.port))});
+    }
+    up_.emplace(stream_.get_executor());
+    up_->expires_after(up_req_.connect_timeout);
+    up_->async_connect(up_endpoints_, [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
+      if (ec == beast::error::timeout)
+        return self->proxy_finish(proxy_result::kind::connect_failed, 0, "connect timed out");
+      if (ec)
+        return self->proxy_finish(proxy_result::kind::connect_failed, 0, "connect: " + ec.message());
+      beast::error_code ignored;
+      self->up_->socket().set_option(tcp::no_delay(true), ignored);
+      self->up_write();
+    });
+  }
+
+  void up_write() {
+    auto req = std::make_shared<http::request<http::string_body>>(http::verb::post,
+                                                                  up_addr_.base_path + request_.path, 11);
+    req->set(http::field::host, up_addr_.host_header);
+    req->set(http::field::content_type, "application/json");
+    req->set(http::field::accept, up_req_.stream ? "text/event-stream"
+                                                 : (request_.accept.empty() ? "application/json"
+                                                                            : request_.accept));
+    req->set(http::field::user_agent, "modelgate");
+    req->set("x-request-id", up_req_.request_id);
+    if (up_req_.api_key)
+      req->set(http::field::authorization, "Bearer " + *up_req_.api_key);
+    req->body() = request_.body;
+    req->keep_alive(true);
+    req->prepare_payload();
+    up_->expires_after(up_req_.response_timeout);
+    http::async_write(*up_, *req, [self = shared_from_this(), req](beast::error_code ec, size_t) {
+      if (ec == beast::error::timeout)
+        return self->proxy_finish(proxy_result::kind::timeout, 0, "sending to the upstream timed out");
+      if (ec)
+        return self->up_retry_or(proxy_result::kind::connect_failed, "sending to the upstream: " + ec.message());
+      self->up_read_header();
+    });
+  }
+
+  /// A reused connection the upstream had closed: once more on a new one.
+  void up_retry_or(proxy_result::kind what, std::string error) {
+    if (up_reused_) {
+      up_reused_ = false;
+      close_upstream();
+      return up_connect();
+    }
+    proxy_finish(what, 0, std::move(error));
+  }
+
+  void up_read_header() {
+    up_buffer_.clear();
+    up_parser_.emplace();
+    up_parser_->body_limit(boost::none);
+    http::async_read_header(*up_, up_buffer_, *up_parser_,
+                            [self = shared_from_this()](beast::error_code ec, size_t n) {
+                              self->on_up_header(ec, n);
+                            });
+  }
+
+  void on_up_header(beast::error_code ec, size_t bytes) {
+    if (ec == beast::error::timeout)
+      return proxy_finish(proxy_result::kind::timeout, 0, "no response headers within the upstream timeout");
+    if (ec) {
+      if (bytes == 0)
+        return up_retry_or(proxy_result::kind::connect_failed, "the upstream closed the connection: " + ec.message());
+      return proxy_finish(proxy_result::kind::failed, 0, "malformed upstream response: " + ec.message());
+    }
+    auto& res = up_parser_->get();
+    int status = static_cast<int>(res.result_int());
+    if (status == 502 || status == 503)
+      return proxy_finish(proxy_result::kind::unavailable, status,
+                          "upstream answered " + std::to_string(status));
+    bool sse = beast::iequals(res[http::field::content_type].substr(0, 17), "text/event-stream");
+    if (sse)
+      return relay_start(status);
+    // A whole (non-stream) answer: read it, then answer the client at once.
+    up_body_.clear();
+    up_read_body();
+  }
+
+  void up_read_body() {
+    char* data = up_chunk_.data();
+    up_parser_->get().body().data = data;
+    up_parser_->get().body().size = up_chunk_.size();
+    up_->expires_after(up_req_.idle_timeout);
+    http::async_read_some(*up_, up_buffer_, *up_parser_,
+                          [self = shared_from_this()](beast::error_code ec, size_t) {
+                            if (ec == http::error::need_buffer)
+                              ec = {};
+                            auto n = self->up_chunk_.size() - self->up_parser_->get().body().size;
+                            if (ec == beast::error::timeout)
+                              return self->proxy_finish(proxy_result::kind::timeout, 0,
+                                                        "the upstream stalled in its response body");
+                            if (ec)
+                              return self->proxy_finish(proxy_result::kind::failed, 0,
+                                                        "upstream response body: " + ec.message());
+                            self->up_body_.append(self->up_chunk_.data(), n);
+                            if (!self->up_parser_->is_done())
+                              return self->up_read_body();
+                            self->relay_whole();
+                          });
+  }
+
+  void add_gateway_headers(http::fields& f) {
+    f.set("x-modelgate-server", up_req_.server_id);
+    f.set("x-request-id", up_req_.request_id);
+  }
+
+  void relay_whole() {
+    auto& res = up_parser_->get();
+    http_response r;
+    r.status = static_cast<int>(res.result_int());
+    r.content_type = res[http::field::content_type].empty()
+                       ? "application/json"
+                       : std::string{res[http::field::content_type]};
+    r.body = std::move(up_body_);
+    r.headers = {{"x-modelgate-server", up_req_.server_id}, {"x-request-id", up_req_.request_id}};
+    bool reusable = res.keep_alive();
+    release_upstream(reusable);
+    auto status = r.status;
+    proxy_finish(proxy_result::kind::success, status, {});
+    write(std::move(r));
+  }
+
+  // Streams: our own chunked response, each upstream chunk written as it comes.
+  void relay_start(int status) {
+    up_bytes_to_client_ = true;
+    keep_alive_ = false; // the connection closes after a stream
+    relay_res_ = std::make_shared<http::response<http::empty_body>>(
+      static_cast<http::status>(status), 11);
+    auto& res = *relay_res_;
+    res.set(http::field::server, "modelgate");
+    res.set(http::field::content_type, up_parser_->get()[http::field::content_type]);
+    res.set(http::field::cache_control, "no-cache");
+    res.set("X-Accel-Buffering", "no");
+    add_gateway_headers(res);
+    res.chunked(true);
+    res.keep_alive(false);
+    relay_sr_ = std::make_shared<http::response_serializer<http::empty_body>>(res);
+    stream_.expires_after(up_req_.idle_timeout + state_->options.write_timeout);
+    http::async_write_header(stream_, *relay_sr_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec)
+        return self->relay_client_gone(ec);
+      self->watch_client();
+      self->relay_read();
+    });
+  }
+
+  /// A read kept pending on the client socket: a disconnect shows at once,
+  /// and the upstream request is closed with it.
+  void watch_client() {
+    stream_.async_read_some(asio::buffer(watch_buf_), [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (self->relay_done_)
+        return;
+      if (ec)
+        return self->relay_client_gone(ec);
+      self->watch_client(); // stray bytes from the client: ignored
+    });
+  }
+
+  void relay_read() {
+    if (up_parser_->is_done())
+      return relay_end();
+    up_parser_->get().body().data = up_chunk_.data();
+    up_parser_->get().body().size = up_chunk_.size();
+    up_->expires_after(up_req_.idle_timeout);
+    http::async_read_some(*up_, up_buffer_, *up_parser_,
+                          [self = shared_from_this()](beast::error_code ec, size_t) {
+                            self->on_relay_read(ec);
+                          });
+  }
+
+  void on_relay_read(beast::error_code ec) {
+    if (relay_done_)
+      return;
+    if (ec == http::error::need_buffer)
+      ec = {};
+    auto n = up_chunk_.size() - up_parser_->get().body().size;
+    if (n > 0) {
+      // Write this piece before reading the next: no buffering beyond it.
+      auto data = std::make_shared<std::string>(up_chunk_.data(), n);
+      stream_.expires_after(up_req_.idle_timeout + state_->options.write_timeout);
+      asio::async_write(stream_, http::make_chunk(asio::buffer(*data)),
+                        [self = shared_from_this(), data, ec](beast::error_code wec, size_t) {
+                          if (wec)
+                            return self->relay_client_gone(wec);
+                          if (ec)
+                            return self->relay_broken(ec);
+                          self->relay_read();
+                        });
+      return;
+    }
+    if (ec)
+      return relay_broken(ec);
+    relay_read();
+  }
+
+  void relay_broken(beast::error_code ec) {
+    bool stalled = ec == beast::error::timeout;
+    std::string error = stalled ? "the upstream stream stalled past the idle timeout"
+                                : "the upstream stream broke: " + ec.message();
+    close_upstream();
+    auto event = std::make_shared<std::string>(
+      sse_error_event(error, stalled ? "upstream_timeout" : "upstream_failed"));
+    relay_done_ = true;
+    stream_.expires_after(state_->options.write_timeout);
+    asio::async_write(stream_, http::make_chunk(asio::buffer(*event)),
+                      [self = shared_from_this(), event](beast::error_code wec, size_t) {
+                        if (wec)
+                          return self->do_close();
+                        asio::async_write(self->stream_, http::make_chunk_last(),
+                                          [self](beast::error_code, size_t) { self->do_close(); });
+                      });
+    proxy_finish(proxy_result::kind::broken, 0, error);
+  }
+
+  void relay_end() {
+    relay_done_ = true;
+    bool reusable = up_parser_->get().keep_alive();
+    release_upstream(reusable);
+    stream_.expires_after(state_->options.write_timeout);
+    asio::async_write(stream_, http::make_chunk_last(),
+                      [self = shared_from_this()](beast::error_code, size_t) { self->do_close(); });
+    proxy_finish(proxy_result::kind::success, static_cast<int>(up_parser_->get().result_int()), {});
+  }
+
+  void relay_client_gone(beast::error_code ec) {
+    if (relay_done_)
+      return;
+    relay_done_ = true;
+    close_upstream(); // the upstream sees the request end at once
+    do_close();
+    proxy_finish(proxy_result::kind::client_gone, 0, "the client disconnected: " + ec.message());
+  }
+
+  /// Puts the upstream connection back in the pool, or closes it.
+  void release_upstream(bool reusable) {
+    if (!up_)
+      return;
+    beast::error_code ec;
+    if (reusable && up_parser_ && up_parser_->is_done() && up_buffer_.size() == 0) {
+      up_->expires_never();
+      int fd = up_->socket().release(ec);
+      if (!ec && fd >= 0) {
+        state_->pool->give(up_addr_.key(), fd);
+        up_.reset();
+        return;
+      }
+    }
+    close_upstream();
+  }
+
+  void close_upstream() {
+    if (up_) {
+      beast::error_code ec;
+      up_->socket().shutdown(tcp::socket::shutdown_both, ec);
+      up_->close();
+      up_.reset();
+    }
+  }
+
+  void proxy_finish(proxy_result::kind what, int status, std::string error) {
+    if (!proxy_result{what, 0, {}}.responded())
+      close_upstream();
+    auto done = std::move(up_done_);
+    up_done_ = nullptr;
+    if (done)
+      done(proxy_result{what, status, std::move(error)});
+  }
+
   void on_start() {
     if (reject_) {
       // Over the connection cap: say so and close, rather than a silent reset.
@@ -120,6 +525,8 @@ private:
       request_.query = std::string{target.substr(qpos + 1)};
     request_.authorization = std::string{req[http::field::authorization]};
     request_.content_type = std::string{req[http::field::content_type]};
+    request_.request_id = std::string{req["x-request-id"]};
+    request_.accept = std::string{req[http::field::accept]};
     auto limit = state_->options.body_limit(request_.path);
     if (auto len = parser_->content_length(); len && *len > limit)
       return fail_request(413, "request body is over the limit of " + std::to_string(limit)
@@ -211,6 +618,22 @@ private:
   http_request request_;
   bool reject_;
   bool keep_alive_ = true;
+  // gateway state, valid during a proxy try
+  proxy_request up_req_;
+  proxy_callback up_done_;
+  upstream_address up_addr_;
+  std::optional<beast::tcp_stream> up_;
+  std::vector<tcp::endpoint> up_endpoints_;
+  beast::flat_buffer up_buffer_;
+  std::optional<http::response_parser<http::buffer_body>> up_parser_;
+  std::array<char, 16 * 1024> up_chunk_{};
+  std::string up_body_;
+  bool up_reused_ = false;
+  bool up_bytes_to_client_ = false;
+  bool relay_done_ = false;
+  std::shared_ptr<http::response<http::empty_body>> relay_res_;
+  std::shared_ptr<http::response_serializer<http::empty_body>> relay_sr_;
+  std::array<char, 512> watch_buf_{};
 };
 
 class exchange final : public http_exchange {
@@ -219,7 +642,7 @@ public:
   }
 
   ~exchange() override {
-    if (!answered_.exchange(true))
+    if (!answered_->exchange(true))
       session_->send({500, error_body({errc::internal, "the request was dropped unanswered"}),
                       "application/json", {}});
   }
@@ -229,13 +652,23 @@ public:
   }
 
   void respond(http_response response) override {
-    if (!answered_.exchange(true))
+    if (!answered_->exchange(true))
       session_->send(std::move(response));
+  }
+
+  void proxy(proxy_request upstream, proxy_callback done) override {
+    if (answered_->load())
+      return;
+    session_->proxy(std::move(upstream), [answered = answered_, done = std::move(done)](proxy_result r) {
+      if (r.responded())
+        answered->store(true);
+      done(std::move(r));
+    });
   }
 
 private:
   std::shared_ptr<session> session_;
-  std::atomic<bool> answered_{false};
+  std::shared_ptr<std::atomic<bool>> answered_ = std::make_shared<std::atomic<bool>>(false);
 };
 
 void session::dispatch_request() {
@@ -298,6 +731,7 @@ http_server::http_server(http_server_options options, request_handler handler) {
   impl_->state = std::make_shared<shared_state>();
   impl_->state->options = std::move(options);
   impl_->state->handler = std::move(handler);
+  impl_->state->pool = std::make_unique<upstream_pool>(impl_->state->options.upstream_idle_per_server);
 }
 
 http_server::~http_server() {

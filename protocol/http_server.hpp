@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -28,6 +29,8 @@ struct http_request {
   std::string body;
   std::string authorization;
   std::string content_type;
+  std::string request_id; // the client's x-request-id, if any
+  std::string accept;
 };
 
 /// A response to write.
@@ -38,13 +41,53 @@ struct http_response {
   std::vector<std::pair<std::string, std::string>> headers;
 };
 
+/// One try of forwarding a gateway request to an upstream server.
+struct proxy_request {
+  std::string url;       // the server's base URL (http://host:port[/base])
+  std::string server_id; // sent back as x-modelgate-server
+  std::optional<std::string> api_key; // sent upstream as Authorization: Bearer
+  std::string request_id;             // x-request-id, both ways
+  bool stream = false;                // the client asked for "stream": true
+  std::chrono::milliseconds connect_timeout{5'000};
+  std::chrono::milliseconds response_timeout{600'000}; // until the response headers
+  std::chrono::milliseconds idle_timeout{300'000};     // between two body chunks
+};
+
+/// How a try ended.
+struct proxy_result {
+  enum class kind {
+    success,        // the upstream's response went to the client
+    connect_failed, // nothing sent to the client: try another server
+    unavailable,    // upstream 502/503, not forwarded: try another server
+    timeout,        // no response headers in time (nothing sent to the client)
+    failed,         // the upstream broke before its headers (nothing sent)
+    broken,         // the upstream broke or stalled mid-response: the client got
+                    // what came, then an SSE error event or a cut connection
+    client_gone,    // the client went away; the upstream request was closed
+  };
+  kind what = kind::failed;
+  int status = 0;    // the upstream's status, when it answered
+  std::string error; // what went wrong, for logs and error bodies
+  /// True when the client got (part of) a response: answer nothing more.
+  bool responded() const {
+    return what == kind::success || what == kind::broken || what == kind::client_gone;
+  }
+};
+
+using proxy_callback = std::function<void(proxy_result)>;
+
 /// One request awaiting its answer. `respond` may be called from any thread,
 /// once; later calls are ignored. An exchange dropped unanswered answers 500.
+/// `proxy` forwards the request's body to an upstream and relays the answer
+/// (streams chunk by chunk); `done` gets the result once, on an I/O thread.
+/// After a result that is not `responded()`, the exchange may be proxied
+/// again or answered with `respond`.
 class http_exchange {
 public:
   virtual ~http_exchange() = default;
   virtual const http_request& request() const = 0;
   virtual void respond(http_response response) = 0;
+  virtual void proxy(proxy_request upstream, proxy_callback done) = 0;
 };
 
 using request_handler = std::function<void(std::shared_ptr<http_exchange>)>;
@@ -58,6 +101,8 @@ struct http_server_options {
   std::chrono::milliseconds write_timeout{60'000}; // to write one response
   std::chrono::milliseconds idle_timeout{75'000};  // a keep-alive connection between requests
   size_t max_connections = 10'000;
+  /// Idle upstream connections kept per upstream server for reuse.
+  size_t upstream_idle_per_server = 64;
   /// The body limit of a request target; requests over it get 413.
   std::function<uint64_t(std::string_view path)> body_limit = [](std::string_view) {
     return uint64_t{1} << 20;

@@ -7,7 +7,9 @@
 // internal when storage fails. Handles are thread-safe values.
 #pragma once
 
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,6 +52,10 @@ using stop_atom = caf::atom_constant<caf::atom("mg_stop")>;
 using shutdown_atom = caf::atom_constant<caf::atom("mg_shutdn")>;
 using summary_atom = caf::atom_constant<caf::atom("mg_summary")>;
 using prober_of_atom = caf::atom_constant<caf::atom("mg_prober")>;
+using pick_atom = caf::atom_constant<caf::atom("mg_pick")>;
+using done_atom = caf::atom_constant<caf::atom("mg_done")>;
+using inflight_atom = caf::atom_constant<caf::atom("mg_infl")>;
+using proxied_atom = caf::atom_constant<caf::atom("mg_proxied")>;
 
 /// How late probes start against their schedule: counts per bucket.
 struct lateness_histogram {
@@ -182,6 +188,47 @@ struct http_job {
 
 using admin_api_actor = caf::typed_actor<caf::reacts_to<http_job>>;
 
+// -- gateway -------------------------------------------------------------------
+
+/// Where the router sends one try of a gateway request.
+struct route_target {
+  std::string server_id;
+  std::string url;
+  std::optional<std::string> api_key;
+  uint64_t generation = 0;
+};
+
+/// How one try of a gateway request ended, as the router needs to know.
+enum class route_outcome : uint8_t {
+  success,         // the upstream answered (any status but a retried 502/503)
+  connect_failed,  // could not connect: retried, and the server marked unhealthy
+  unavailable,     // 502/503 before any byte reached the client: same
+  timeout,         // no response headers in time, or the stream stalled
+  failed,          // anything else (the upstream broke mid-response, ...)
+  client_gone,     // the client disconnected first
+};
+
+/// Requests in flight by server id.
+using inflight_counts = std::map<std::string, int64_t>;
+
+/// Picks servers for gateway requests and counts their requests in flight.
+using router_actor = caf::typed_actor<
+  caf::reacts_to<changed_atom, server_record>,
+  // A server for `model`, never one of `exclude` (servers already tried):
+  // model_not_found when no active server serves it, unavailable when none
+  // is routable. Counts one request in flight on the server picked.
+  caf::replies_to<pick_atom, std::string, std::vector<std::string>>::with<route_target>,
+  // The end of a try on a server: one in flight less; a connect failure or a
+  // 502/503 marks the server unhealthy at once (through the registry).
+  caf::reacts_to<done_atom, route_target, route_outcome, std::string>,
+  // In-flight counts by server id (tests, metrics).
+  caf::replies_to<inflight_atom>::with<inflight_counts>>;
+
+using gateway_actor = caf::typed_actor<
+  caf::reacts_to<http_job>,
+  // The end of one try, back from the I/O thread.
+  caf::reacts_to<proxied_atom, uint64_t, proxy_result>>;
+
 } // namespace mg
 
 // Local-only messages: modelgate's actors live in one process, so these types
@@ -197,3 +244,7 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::probe_outcome)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::health_stats)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::check_reply)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::checker_status)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::route_target)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::route_outcome)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::proxy_result)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::inflight_counts)

@@ -64,9 +64,8 @@ int run(const mg::modelgate_config& cfg) {
     http_opts.header_timeout = to_ms(cfg.header_timeout_seconds);
     http_opts.max_connections = cfg.max_connections;
     http_opts.body_limit = body_limit_of;
-    auto api = handles.admin_api;
-    mg::http_server server{http_opts, [api](std::shared_ptr<mg::http_exchange> ex) {
-                             caf::anon_send(api, mg::http_job{std::move(ex)});
+    mg::http_server server{http_opts, [handles](std::shared_ptr<mg::http_exchange> ex) {
+                             mg::dispatch_http(handles, std::move(ex));
                            }};
     bool listening = false;
     try {
