@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Proxy benchmark (issue 4): wrk POSTing a small chat completion with
+keep-alive, 50 connections and 2 threads for 20 s, in one run against the
+mock directly, modelgated in front of it, and HAProxy 2.6 in front of it;
+then a 1-connection latency run of each; then the per-chunk delay modelgated
+adds to a stream.
+
+Run by hand, as root (installs Debian's wrk and haproxy if missing):
+    python3 tools/bench/proxy.py [--seconds 20]
+Only 127.0.0.1 is used.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.join(ROOT, "build", "bin")
+STARTED = []
+
+BODY = '{"model":"mock-model","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}'
+
+
+def spawn(args, **kw):
+    p = subprocess.Popen(args, **kw)
+    STARTED.append(p)
+    return p
+
+
+def kill_started():
+    for p in STARTED:
+        if p.poll() is None:
+            p.kill()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_line(proc, prefix, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith(prefix):
+            return line.strip()
+        if not line and proc.poll() is not None:
+            raise RuntimeError("process exited")
+    raise RuntimeError("no line " + prefix)
+
+
+def wrk(url, connections, threads, seconds, script):
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
+                          "--latency", "-s", script, url], capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        v, unit = float(m.group(1)), m.group(2)
+        return v * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99),
+            "non2xx": int(errors.group(1)) if errors else 0}
+
+
+def stream_delays(port, path_prefix=""):
+    """Per-chunk delay: arrival (steady clock here) minus mock_sent_at_us."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    body = json.dumps({"model": "mock-model", "stream": True, "messages": []})
+    s.sendall((f"POST {path_prefix}/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+               f"Connection: close\r\n\r\n{body}").encode())
+    delays, buf = [], b""
+    while True:
+        data = s.recv(65536)
+        now_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) / 1000
+        if not data:
+            break
+        buf += data
+        for m in re.finditer(rb'"mock_sent_at_us":\s*(\d+)', data):
+            delays.append((now_us - int(m.group(1))) / 1000.0)
+    s.close()
+    return delays
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=20)
+    args = ap.parse_args()
+    for tool in ("wrk", "haproxy"):
+        if shutil.which(tool) is None:
+            subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", tool], check=True,
+                           stdout=subprocess.DEVNULL)
+    subprocess.run(["systemctl", "stop", "haproxy"], stderr=subprocess.DEVNULL)
+    work = tempfile.mkdtemp(prefix="proxy-bench-")
+    script = os.path.join(work, "post.lua")
+    with open(script, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                f"wrk.body = '{BODY}'\n")
+    mock = spawn([os.path.join(BIN, "mock-model-server"), "--listen", "127.0.0.1:0",
+                  "--control", "127.0.0.1:0", "--chunks", "50", "--chunk-delay-ms", "20"],
+                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    mport = int(wait_line(mock, "mock-model-server listening on").rsplit(":", 1)[1])
+    daemon = spawn([os.path.join(BIN, "modelgated"), "--listen", "127.0.0.1:0", "--db",
+                    os.path.join(work, "m.db"), "--health-interval", "1", "--log-level", "warning"],
+                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    gport = int(wait_line(daemon, "modelgate listening on").rsplit(":", 1)[1])
+    subprocess.run(["curl", "-s", "-o", "/dev/null", "-X", "POST", f"http://127.0.0.1:{gport}/v1/servers",
+                    "-d", json.dumps({"url": f"http://127.0.0.1:{mport}", "models": ["mock-model"]})],
+                   check=True)
+    for _ in range(100):  # until probed healthy
+        out = subprocess.run(["curl", "-s", f"http://127.0.0.1:{gport}/v1/servers?status=healthy"],
+                             capture_output=True, text=True).stdout
+        if '"healthy"' in out:
+            break
+        time.sleep(0.05)
+    hport = free_port()
+    cfg = os.path.join(work, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write("global\n  maxconn 4000\n  nbthread 2\ndefaults\n  mode http\n"
+                "  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
+                "  option http-keep-alive\n"
+                f"frontend fe\n  bind 127.0.0.1:{hport}\n  default_backend be\n"
+                f"backend be\n  server mock 127.0.0.1:{mport}\n")
+    spawn(["haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    path = "/v1/chat/completions"
+    targets = [("direct (mock)", mport), ("modelgated", gport), ("haproxy", hport)]
+    results = {}
+    print(f"nproc: {os.cpu_count()}", flush=True)
+    for name, port in targets:
+        results[(name, 50)] = wrk(f"http://127.0.0.1:{port}{path}", 50, 2, args.seconds, script)
+        print(name, "50 conns", results[(name, 50)], flush=True)
+    for name, port in targets:
+        results[(name, 1)] = wrk(f"http://127.0.0.1:{port}{path}", 1, 1, args.seconds, script)
+        print(name, "1 conn", results[(name, 1)], flush=True)
+    direct = stream_delays(mport)
+    via = stream_delays(gport)
+
+    def p(vals, q):
+        vals = sorted(vals)
+        return vals[min(len(vals) - 1, int(q * len(vals)))]
+    print()
+    print("| target | req/s at 50 conns | p50 ms | p99 ms | req/s at 1 conn | p50 ms | p99 ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, _ in targets:
+        a, b = results[(name, 50)], results[(name, 1)]
+        print(f"| {name} | {a['rps']:.0f} | {a['p50_ms']:.3f} | {a['p99_ms']:.3f} | {b['rps']:.0f} "
+              f"| {b['p50_ms']:.3f} | {b['p99_ms']:.3f} |")
+    mg50, ha50 = results[("modelgated", 50)]["rps"], results[("haproxy", 50)]["rps"]
+    d1 = results[("direct (mock)", 1)]["p50_ms"]
+    print(f"\nmodelgated / haproxy req/s at 50 conns: {mg50 / ha50:.2f}")
+    print(f"added p50 at 1 conn: modelgated {1000 * (results[('modelgated', 1)]['p50_ms'] - d1):.0f} us, "
+          f"haproxy {1000 * (results[('haproxy', 1)]['p50_ms'] - d1):.0f} us")
+    print(f"stream chunk delay p50/p99 ms: direct {p(direct, .5):.3f}/{p(direct, .99):.3f}, "
+          f"via modelgated {p(via, .5):.3f}/{p(via, .99):.3f} "
+          f"(added p99 {p(via, .99) - p(direct, .99):.3f} ms)")
+    daemon.send_signal(signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    import atexit
+    atexit.register(kill_started)
+    sys.exit(main())
