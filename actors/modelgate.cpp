@@ -3,7 +3,6 @@
 #include <caf/all.hpp>
 
 #include "actors/admin_api.hpp"
-#include "actors/gateway.hpp"
 #include "actors/router.hpp"
 #include "actors/registry.hpp"
 #include "actors/supervisor.hpp"
@@ -45,21 +44,20 @@ modelgate_handles spawn_modelgate(caf::actor_system& sys, const modelgate_config
   ao.actor_timeout = config.actor_timeout;
   ao.health_timeout_seconds = config.health.timeout_seconds;
   handles.admin_api = spawn_admin_api(sys, std::move(ao));
-  handles.router = spawn_router(sys, router_options{handles.registry, config.actor_timeout});
-  gateway_options go;
-  go.router = handles.router;
-  go.api_keys = config.api_keys;
-  go.connect_timeout = seconds_to_ms(config.upstream_connect_timeout_seconds);
-  go.response_timeout = seconds_to_ms(config.upstream_timeout_seconds);
-  go.idle_timeout = seconds_to_ms(config.stream_idle_timeout_seconds);
-  go.actor_timeout = config.actor_timeout;
-  handles.gateway = spawn_gateway(sys, std::move(go));
+  router_options rto;
+  rto.registry = handles.registry;
+  rto.request_timeout = config.actor_timeout;
+  rto.api_keys = config.api_keys;
+  rto.connect_timeout = seconds_to_ms(config.upstream_connect_timeout_seconds);
+  rto.response_timeout = seconds_to_ms(config.upstream_timeout_seconds);
+  rto.idle_timeout = seconds_to_ms(config.stream_idle_timeout_seconds);
+  handles.router = spawn_router(sys, std::move(rto));
   return handles;
 }
 
 void dispatch_http(const modelgate_handles& handles, std::shared_ptr<http_exchange> exchange) {
   if (is_gateway_path(exchange->request().path))
-    caf::anon_send(handles.gateway, http_job{std::move(exchange)});
+    caf::anon_send(handles.router, http_job{std::move(exchange)});
   else
     caf::anon_send(handles.admin_api, http_job{std::move(exchange)});
 }
@@ -68,7 +66,6 @@ void stop_modelgate(caf::actor_system& sys, const modelgate_handles& handles,
                     std::chrono::milliseconds timeout) {
   caf::scoped_actor self{sys};
   self->send_exit(handles.admin_api, caf::exit_reason::user_shutdown);
-  self->send_exit(handles.gateway, caf::exit_reason::user_shutdown);
   self->send_exit(handles.router, caf::exit_reason::user_shutdown);
   // Probers first: once they are gone nothing starts a probe.
   self->request(handles.supervisor, timeout, shutdown_atom::value)

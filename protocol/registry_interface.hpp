@@ -222,9 +222,9 @@ using router_actor = caf::typed_actor<
   // 502/503 marks the server unhealthy at once (through the registry).
   caf::reacts_to<done_atom, route_target, route_outcome, std::string>,
   // In-flight counts by server id (tests, metrics).
-  caf::replies_to<inflight_atom>::with<inflight_counts>>;
-
-using gateway_actor = caf::typed_actor<
+  caf::replies_to<inflight_atom>::with<inflight_counts>,
+  // A gateway request (POST /v1/chat/completions, ...): picked, forwarded
+  // and retried here, so a request costs no actor round trip beyond this one.
   caf::reacts_to<http_job>,
   // The end of one try, back from the I/O thread.
   caf::reacts_to<proxied_atom, uint64_t, proxy_result>>;
