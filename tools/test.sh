@@ -3,7 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/deps.sh
-install_missing_packages
+extra=()
+# The gateway test drives the official `openai` npm client: Node.js is needed.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  extra+=(nodejs npm)
+fi
+install_missing_packages "${extra[@]}"
+npm ci --prefix tests/integration/openai_client --no-audit --no-fund --loglevel=error
 jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMODELGATE_TESTS=ON
 cmake --build build -j"$jobs"
