@@ -3,6 +3,7 @@
 #include <caf/all.hpp>
 
 #include "actors/admin_api.hpp"
+#include "actors/gateway.hpp"
 #include "actors/router.hpp"
 #include "actors/registry.hpp"
 #include "actors/supervisor.hpp"
@@ -44,20 +45,22 @@ modelgate_handles spawn_modelgate(caf::actor_system& sys, const modelgate_config
   ao.actor_timeout = config.actor_timeout;
   ao.health_timeout_seconds = config.health.timeout_seconds;
   handles.admin_api = spawn_admin_api(sys, std::move(ao));
-  router_options rto;
-  rto.registry = handles.registry;
-  rto.request_timeout = config.actor_timeout;
-  rto.api_keys = config.api_keys;
-  rto.connect_timeout = seconds_to_ms(config.upstream_connect_timeout_seconds);
-  rto.response_timeout = seconds_to_ms(config.upstream_timeout_seconds);
-  rto.idle_timeout = seconds_to_ms(config.stream_idle_timeout_seconds);
-  handles.router = spawn_router(sys, std::move(rto));
+  auto table = std::make_shared<route_table>();
+  handles.router = spawn_router(sys, router_options{handles.registry, table, config.actor_timeout});
+  gateway_options go;
+  go.table = table;
+  go.registry = handles.registry;
+  go.api_keys = config.api_keys;
+  go.connect_timeout = seconds_to_ms(config.upstream_connect_timeout_seconds);
+  go.response_timeout = seconds_to_ms(config.upstream_timeout_seconds);
+  go.idle_timeout = seconds_to_ms(config.stream_idle_timeout_seconds);
+  handles.openai = std::make_shared<gateway>(std::move(go));
   return handles;
 }
 
 void dispatch_http(const modelgate_handles& handles, std::shared_ptr<http_exchange> exchange) {
   if (is_gateway_path(exchange->request().path))
-    caf::anon_send(handles.router, http_job{std::move(exchange)});
+    handles.openai->handle(std::move(exchange)); // on this I/O thread: no actor hop
   else
     caf::anon_send(handles.admin_api, http_job{std::move(exchange)});
 }

@@ -2,11 +2,11 @@
 // the caller's actor system.
 //
 // `spawn_modelgate` opens (and migrates) the database, spawns the registry,
-// the supervisor (and its probers), the router (which also serves the gateway routes) and
-// the admin API actor, and returns their handles. The caller may talk to the
+// the supervisor (and its probers), the router and the admin API actor, and makes the
+// gateway; it returns their handles. The caller may talk to the
 // registry directly through its typed interface, and may serve the admin API
 // over HTTP by handing `http_job`s to `admin_api`, and the OpenAI routes by
-// handing theirs to `router` (tools/modelgated does exactly that; see
+// handing theirs to `openai` (tools/modelgated does exactly that; see
 // `dispatch_http`). `stop_modelgate` commits what is pending and exits the actors
 // and stops the probe I/O threads; call it before the actor system is destroyed.
 #pragma once
@@ -23,12 +23,15 @@
 namespace mg {
 
 class probe_runtime;
+class gateway;
 
 struct modelgate_handles {
   registry_actor registry;
   supervisor_actor supervisor;
   admin_api_actor admin_api;
-  router_actor router; // also serves the OpenAI-compatible routes
+  router_actor router;
+  /// Serves the OpenAI-compatible routes on the HTTP I/O threads.
+  std::shared_ptr<gateway> openai;
   /// The I/O threads of the health probes (owned here; stopped by stop_modelgate).
   std::shared_ptr<probe_runtime> probes;
 };

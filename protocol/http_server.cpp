@@ -133,6 +133,13 @@ public:
   }
 
   ~session() {
+    // An upstream connection this client kept warm goes back to the pool.
+    if (up_ && up_kept_) {
+      beast::error_code ec;
+      int fd = up_->socket().release(ec);
+      if (!ec && fd >= 0)
+        state_->pool->give(up_addr_.key(), fd);
+    }
     --state_->open_connections;
   }
 
@@ -154,7 +161,7 @@ public:
 
   /// Called by exchanges from any thread: one try against an upstream.
   void proxy(proxy_request upstream, proxy_callback done) {
-    asio::post(stream_.get_executor(),
+    asio::dispatch(stream_.get_executor(),
                [self = shared_from_this(), up = std::move(upstream), done = std::move(done)]() mutable {
                  self->start_proxy(std::move(up), std::move(done));
                });
@@ -166,7 +173,26 @@ private:
   void start_proxy(proxy_request upstream, proxy_callback done) {
     up_req_ = std::move(upstream);
     up_done_ = std::move(done);
-    up_addr_ = split_upstream(up_req_.url);
+    auto addr = split_upstream(up_req_.url);
+    if (up_ && up_kept_ && addr.key() == up_addr_.key() && up_->socket().is_open()) {
+      // The connection the last request of this client used: no pool, no
+      // epoll re-registration.
+      up_kept_ = false;
+      up_addr_ = std::move(addr);
+      up_bytes_to_client_ = false;
+      relay_done_ = false;
+      up_reused_ = true;
+      return up_write();
+    }
+    if (up_ && up_kept_) { // kept for another upstream: hand it to the pool
+      beast::error_code ec;
+      int fd = up_->socket().release(ec);
+      if (!ec && fd >= 0)
+        state_->pool->give(up_addr_.key(), fd);
+    }
+    up_.reset();
+    up_kept_ = false;
+    up_addr_ = std::move(addr);
     up_bytes_to_client_ = false;
     relay_done_ = false;
     if (up_req_.url.compare(0, 8, "https://") == 0)
@@ -442,18 +468,17 @@ private:
       return;
     beast::error_code ec;
     if (reusable && up_parser_ && up_parser_->is_done() && up_buffer_.size() == 0) {
+      // Kept on this session for its next request; the pool gets it when
+      // the client goes away or wants another upstream.
       up_->expires_never();
-      int fd = up_->socket().release(ec);
-      if (!ec && fd >= 0) {
-        state_->pool->give(up_addr_.key(), fd);
-        up_.reset();
-        return;
-      }
+      up_kept_ = true;
+      return;
     }
     close_upstream();
   }
 
   void close_upstream() {
+    up_kept_ = false;
     if (up_) {
       beast::error_code ec;
       up_->socket().shutdown(tcp::socket::shutdown_both, ec);
@@ -629,6 +654,7 @@ private:
   std::array<char, 16 * 1024> up_chunk_{};
   std::string up_body_;
   bool up_reused_ = false;
+  bool up_kept_ = false; // up_ is idle, kept for this client's next request
   bool up_bytes_to_client_ = false;
   bool relay_done_ = false;
   std::shared_ptr<http::response<http::empty_body>> relay_res_;

@@ -55,7 +55,7 @@ using prober_of_atom = caf::atom_constant<caf::atom("mg_prober")>;
 using pick_atom = caf::atom_constant<caf::atom("mg_pick")>;
 using done_atom = caf::atom_constant<caf::atom("mg_done")>;
 using inflight_atom = caf::atom_constant<caf::atom("mg_infl")>;
-using proxied_atom = caf::atom_constant<caf::atom("mg_proxied")>;
+using publish_atom = caf::atom_constant<caf::atom("mg_publish")>;
 
 /// How late probes start against their schedule: counts per bucket.
 struct lateness_histogram {
@@ -223,11 +223,8 @@ using router_actor = caf::typed_actor<
   caf::reacts_to<done_atom, route_target, route_outcome, std::string>,
   // In-flight counts by server id (tests, metrics).
   caf::replies_to<inflight_atom>::with<inflight_counts>,
-  // A gateway request (POST /v1/chat/completions, ...): picked, forwarded
-  // and retried here, so a request costs no actor round trip beyond this one.
-  caf::reacts_to<http_job>,
-  // The end of one try, back from the I/O thread.
-  caf::reacts_to<proxied_atom, uint64_t, proxy_result>>;
+  // Internal: publish the routing table once the changes in the mailbox are in.
+  caf::reacts_to<publish_atom>>;
 
 } // namespace mg
 
@@ -246,5 +243,4 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::check_reply)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::checker_status)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::route_target)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::route_outcome)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::proxy_result)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::inflight_counts)

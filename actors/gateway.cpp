@@ -1,0 +1,175 @@
+#include "actors/gateway.hpp"
+
+#include <random>
+
+#include <caf/send.hpp>
+
+#include "protocol/admin_routes.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/log.hpp"
+#include "protocol/validation.hpp"
+
+namespace mg {
+
+bool is_gateway_path(std::string_view path) {
+  return path == "/v1/chat/completions" || path == "/v1/completions" || path == "/v1/embeddings";
+}
+
+namespace {
+
+/// One gateway request, from its read to its last try.
+struct request_context {
+  std::shared_ptr<http_exchange> exchange;
+  std::string model;
+  bool stream = false;
+  std::string request_id;
+  std::vector<std::string> tried; // server ids
+  slot_ptr slot;                  // of the try in flight
+  proxy_result last;              // of the last failed try
+  std::chrono::steady_clock::time_point started;
+};
+
+using context_ptr = std::shared_ptr<request_context>;
+
+void respond_error(const context_ptr& ctx, const api_error& err) {
+  ctx->exchange->respond({http_status(err.code), error_body(err), "application/json",
+                          {{"x-request-id", ctx->request_id}}});
+}
+
+void access_log(const request_context& ctx, int status, const std::string& server) {
+  if (!log_enabled(log_level::info))
+    return;
+  auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - ctx.started)
+              .count();
+  const auto& req = ctx.exchange->request();
+  log(log_level::info, "gateway request",
+      {{"method", req.method}, {"path", req.path}, {"model", ctx.model}, {"server_id", server},
+       {"status", status}, {"duration_ms", ms}, {"request_id", ctx.request_id},
+       {"tries", ctx.tried.size()}});
+}
+
+/// The answer when tries were made and none is left: 504 after a timeout, 502 otherwise.
+api_error exhausted(const proxy_result& last) {
+  if (last.what == proxy_result::kind::timeout)
+    return {errc::upstream_timeout, "upstream timeout: " + last.error};
+  return {errc::upstream_failed, "every try failed; last: " + last.error};
+}
+
+} // namespace
+
+struct gateway::impl : std::enable_shared_from_this<gateway::impl> {
+  gateway_options options;
+  std::atomic<uint64_t> ids{std::random_device{}()};
+
+  void fail(const context_ptr& ctx, const api_error& err) {
+    respond_error(ctx, err);
+    access_log(*ctx, http_status(err.code), "");
+  }
+
+  void try_next(const context_ptr& ctx) {
+    auto picked = options.table->pick(ctx->model, ctx->tried);
+    if (auto err = std::get_if<api_error>(&picked)) {
+      if (!ctx->tried.empty() && err->code == errc::unavailable)
+        return fail(ctx, exhausted(ctx->last));
+      return fail(ctx, *err);
+    }
+    ctx->slot = std::get<slot_ptr>(std::move(picked));
+    const auto& target = ctx->slot->target;
+    ctx->tried.push_back(target.server_id);
+    proxy_request up;
+    up.url = target.url;
+    up.server_id = target.server_id;
+    up.api_key = target.api_key;
+    up.request_id = ctx->request_id;
+    up.stream = ctx->stream;
+    up.connect_timeout = options.connect_timeout;
+    up.response_timeout = options.response_timeout;
+    up.idle_timeout = options.idle_timeout;
+    ctx->exchange->proxy(std::move(up), [self = shared_from_this(), ctx](proxy_result r) {
+      self->on_proxied(ctx, std::move(r));
+    });
+  }
+
+  void on_proxied(const context_ptr& ctx, proxy_result result) {
+    auto slot = std::move(ctx->slot);
+    route_table::release(slot);
+    const auto& target = slot->target;
+    bool retryable = result.what == proxy_result::kind::connect_failed
+                     || result.what == proxy_result::kind::unavailable;
+    if (retryable) {
+      // Unhealthy at once for the next pick; the registry records it (without
+      // counting it toward deregistration) and tells the router.
+      slot->status.store(static_cast<int>(server_status::unhealthy), std::memory_order_relaxed);
+      caf::anon_send(options.registry, passive_atom::value, target.server_id, target.generation,
+                     result.error,
+                     std::string{result.what == proxy_result::kind::connect_failed ? "connect"
+                                                                                   : "http_status"});
+    }
+    if (result.responded()) {
+      if (result.what != proxy_result::kind::success)
+        log(log_level::warning, "gateway response ended early",
+            {{"server_id", target.server_id}, {"url", target.url}, {"error", result.error},
+             {"request_id", ctx->request_id}});
+      return access_log(*ctx, result.status, target.server_id);
+    }
+    log(log_level::warning, "gateway try failed",
+        {{"server_id", target.server_id}, {"url", target.url}, {"error", result.error},
+         {"request_id", ctx->request_id}});
+    ctx->last = result;
+    if (retryable && static_cast<int>(ctx->tried.size()) <= options.max_retries)
+      return try_next(ctx);
+    fail(ctx, exhausted(result));
+  }
+
+  std::string new_request_id() {
+    char buf[40];
+    auto x = ids.fetch_add(0x9e3779b97f4a7c15ULL, std::memory_order_relaxed);
+    std::snprintf(buf, sizeof buf, "req_%016llx", static_cast<unsigned long long>(x));
+    return buf;
+  }
+
+  void handle(std::shared_ptr<http_exchange> ex) {
+    auto ctx = std::make_shared<request_context>();
+    ctx->exchange = std::move(ex);
+    ctx->started = std::chrono::steady_clock::now();
+    const auto& req = ctx->exchange->request();
+    ctx->request_id = req.request_id.empty() ? new_request_id() : req.request_id;
+    if (!options.api_keys.empty() && !bearer_matches_any(req.authorization, options.api_keys))
+      return respond_error(ctx, {errc::unauthorized, req.authorization.empty()
+                                                       ? "missing API key (Authorization: Bearer)"
+                                                       : "invalid API key"});
+    if (req.method != "POST")
+      return ctx->exchange->respond({405, error_body({errc::method_not_allowed,
+                                                      "use POST on " + req.path}),
+                                     "application/json", {{"Allow", "POST"}}});
+    if (!json_depth_within(req.body))
+      return respond_error(ctx, {errc::invalid_request, "request body nests too deeply"});
+    auto doc = nlohmann::json::parse(req.body, nullptr, false);
+    if (doc.is_discarded() || !doc.is_object())
+      return respond_error(ctx, {errc::invalid_request, "request body is not a JSON object"});
+    auto model = doc.find("model");
+    if (model == doc.end() || !model->is_string() || model->get_ref<const std::string&>().empty())
+      return respond_error(ctx, {errc::invalid_request, "model: required string field is missing"});
+    ctx->model = model->get<std::string>();
+    auto stream = doc.find("stream");
+    ctx->stream = stream != doc.end() && stream->is_boolean() && stream->get<bool>();
+    try_next(ctx);
+  }
+};
+
+gateway::gateway(gateway_options options) : impl_(std::make_shared<impl>()) {
+  impl_->options = std::move(options);
+}
+
+gateway::~gateway() = default;
+
+void gateway::handle(std::shared_ptr<http_exchange> exchange) {
+  try {
+    impl_->handle(exchange);
+  } catch (const std::exception& e) {
+    log(log_level::error, "gateway request failed", {{"error", e.what()}});
+    exchange->respond({500, error_body({errc::internal, "internal error"}), "application/json", {}});
+  }
+}
+
+} // namespace mg
