@@ -13,6 +13,7 @@
 #include <thread>
 #include <unistd.h>
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -709,7 +710,11 @@ void session::dispatch_request() {
 
 struct http_server::impl {
   std::shared_ptr<shared_state> state;
-  asio::io_context ioc;
+  // One io_context per thread: a connection lives on one thread from accept
+  // to close, so its handlers never hop threads (no cross-thread wake-ups).
+  std::vector<std::unique_ptr<asio::io_context>> contexts;
+  std::atomic<size_t> next_context{0};
+  asio::io_context& ioc;
   tcp::acceptor acceptor{asio::make_strand(ioc)};
   asio::steady_timer retry_timer{acceptor.get_executor()};
   std::vector<std::thread> threads;
@@ -717,11 +722,22 @@ struct http_server::impl {
   std::mutex stop_mutex;
   bool stopped = false;
 
-  explicit impl(int concurrency) : ioc(concurrency) {
+  explicit impl(int threads) : contexts(make_contexts(threads)), ioc(*contexts.front()) {
+  }
+
+  static std::vector<std::unique_ptr<asio::io_context>> make_contexts(int threads) {
+    std::vector<std::unique_ptr<asio::io_context>> v;
+    for (int i = 0; i < threads; ++i)
+      v.push_back(std::make_unique<asio::io_context>(1));
+    return v;
+  }
+
+  asio::io_context& pick_context() {
+    return *contexts[next_context++ % contexts.size()];
   }
 
   void do_accept() {
-    acceptor.async_accept(asio::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+    acceptor.async_accept(asio::make_strand(pick_context()), [this](beast::error_code ec, tcp::socket socket) {
       on_accept(ec, std::move(socket));
     });
   }
@@ -791,7 +807,10 @@ void http_server::start() {
   impl_->port = acc.local_endpoint().port();
   impl_->do_accept();
   for (unsigned i = 0; i < opts.threads; ++i)
-    impl_->threads.emplace_back([self = impl_.get()] { self->ioc.run(); });
+    impl_->threads.emplace_back([ctx = impl_->contexts[i].get()] {
+      auto guard = asio::make_work_guard(*ctx); // a thread whose context has no connection yet waits
+      ctx->run();
+    });
 }
 
 uint16_t http_server::port() const {
@@ -812,7 +831,8 @@ void http_server::stop() {
     self->acceptor.close(ec);
     self->retry_timer.cancel();
   });
-  impl_->ioc.stop();
+  for (auto& ctx : impl_->contexts)
+    ctx->stop();
   for (auto& t : impl_->threads)
     if (t.joinable())
       t.join();
