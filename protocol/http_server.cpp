@@ -257,7 +257,9 @@ private:
     req->body() = request_.body;
     req->keep_alive(true);
     req->prepare_payload();
-    up_->expires_after(up_req_.response_timeout);
+    // Sending a large body is bounded like a stall (the idle timeout); the
+    // upstream timeout counts from the end of the request to the headers.
+    up_->expires_after(up_req_.idle_timeout);
     http::async_write(*up_, *req, [self = shared_from_this(), req](beast::error_code ec, size_t) {
       if (ec == beast::error::timeout)
         return self->proxy_finish(proxy_result::kind::timeout, 0, "sending to the upstream timed out");
@@ -278,6 +280,7 @@ private:
   }
 
   void up_read_header() {
+    up_->expires_after(up_req_.response_timeout);
     up_buffer_.clear();
     up_parser_.emplace();
     up_parser_->body_limit(boost::none);
