@@ -1,5 +1,5 @@
-// Beast side of the HTTP facade. One `session` per connection, on its own
-// strand: read headers (under the header deadline), check the body limit,
+// Beast side of the HTTP facade. One `session` per connection, on the one
+// thread of its io_context: read headers (under the header deadline), check the body limit,
 // read the body, hand the request over, write the answer, repeat while
 // keep-alive holds. See http_server.hpp for the contract.
 #include "protocol/http_server.hpp"
@@ -35,7 +35,7 @@ using tcp = asio::ip::tcp;
 namespace {
 
 /// Idle keep-alive connections to upstream servers, as native handles so
-/// that any session can adopt one onto its own strand. Bounded per server.
+/// that any session can adopt one onto its own io_context. Bounded per server.
 class upstream_pool {
 public:
   explicit upstream_pool(size_t per_server) : per_server_(per_server) {
@@ -169,7 +169,7 @@ public:
   }
 
 private:
-  // -- gateway: one try against an upstream, on this session's strand ---------
+  // -- gateway: one try against an upstream, on this session's thread ---------
 
   void start_proxy(proxy_request upstream, proxy_callback done) {
     up_req_ = std::move(upstream);
@@ -740,7 +740,9 @@ struct http_server::impl {
   }
 
   void do_accept() {
-    acceptor.async_accept(asio::make_strand(pick_context()), [this](beast::error_code ec, tcp::socket socket) {
+    // No strand: each io_context has exactly one thread, which serializes a
+    // connection's handlers by itself (and posts from other threads are safe).
+    acceptor.async_accept(pick_context().get_executor(), [this](beast::error_code ec, tcp::socket socket) {
       on_accept(ec, std::move(socket));
     });
   }
