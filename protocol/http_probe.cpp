@@ -18,6 +18,8 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
+#include "protocol/validation.hpp"
+
 namespace mg {
 
 namespace asio = boost::asio;
@@ -60,48 +62,11 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-struct url_parts {
-  std::string host; // without brackets
-  std::string port;
-  std::string host_header;
-  std::string base_path; // "" or "/prefix"
-  bool https = false;
-};
-
-url_parts split_url(const std::string& url) {
-  url_parts p;
-  std::string rest;
-  if (url.compare(0, 8, "https://") == 0 || url.compare(0, 8, "HTTPS://") == 0) {
-    p.https = true;
-    rest = url.substr(8);
-  } else {
-    rest = url.substr(url.find("://") == std::string::npos ? 0 : url.find("://") + 3);
-  }
-  auto slash = rest.find('/');
-  auto authority = rest.substr(0, slash);
-  p.base_path = slash == std::string::npos ? "" : rest.substr(slash);
-  p.host_header = authority;
-  if (!authority.empty() && authority.front() == '[') {
-    auto close = authority.find(']');
-    p.host = authority.substr(1, close - 1);
-    if (close + 1 < authority.size() && authority[close + 1] == ':')
-      p.port = authority.substr(close + 2);
-  } else {
-    auto colon = authority.find(':');
-    p.host = authority.substr(0, colon);
-    if (colon != std::string::npos)
-      p.port = authority.substr(colon + 1);
-  }
-  if (p.port.empty())
-    p.port = p.https ? "443" : "80";
-  return p;
-}
-
 class probe_client : public probe_driver, public std::enable_shared_from_this<probe_client> {
 public:
   probe_client(asio::io_context& ioc, const probe_target& target)
     : strand_(asio::make_strand(ioc)), resolver_(strand_), timer_(strand_), target_(target),
-      url_(split_url(target.url)) {
+      url_(split_server_url(target.url)) {
     req_.version(11);
     req_.method(http::verb::get);
     req_.target(url_.base_path + target.health_path);
@@ -280,7 +245,7 @@ private:
   tcp::resolver resolver_;
   asio::steady_timer timer_;
   probe_target target_;
-  url_parts url_;
+  server_url_parts url_;
   http::request<http::empty_body> req_;
   std::string request_bytes_;
   std::optional<beast::tcp_stream> stream_;

@@ -24,6 +24,7 @@
 
 #include "protocol/errors.hpp"
 #include "protocol/log.hpp"
+#include "protocol/validation.hpp"
 
 namespace mg {
 
@@ -84,41 +85,6 @@ struct shared_state {
   std::unique_ptr<upstream_pool> pool;
 };
 
-/// host, port and base path of an upstream URL (already validated).
-struct upstream_address {
-  std::string host; // without brackets
-  std::string port;
-  std::string host_header;
-  std::string base_path;
-  std::string key() const {
-    return host + ":" + port;
-  }
-};
-
-upstream_address split_upstream(const std::string& url) {
-  upstream_address a;
-  auto scheme_end = url.find("://");
-  auto rest = scheme_end == std::string::npos ? url : url.substr(scheme_end + 3);
-  auto slash = rest.find('/');
-  auto authority = rest.substr(0, slash);
-  a.base_path = slash == std::string::npos ? "" : rest.substr(slash);
-  a.host_header = authority;
-  if (!authority.empty() && authority.front() == '[') {
-    auto close = authority.find(']');
-    a.host = authority.substr(1, close - 1);
-    if (close + 1 < authority.size() && authority[close + 1] == ':')
-      a.port = authority.substr(close + 2);
-  } else {
-    auto colon = authority.find(':');
-    a.host = authority.substr(0, colon);
-    if (colon != std::string::npos)
-      a.port = authority.substr(colon + 1);
-  }
-  if (a.port.empty())
-    a.port = url.compare(0, 8, "https://") == 0 ? "443" : "80";
-  return a;
-}
-
 std::string sse_error_event(const std::string& message, const char* code) {
   nlohmann::json err = {{"error", {{"message", message}, {"type", "server_error"}, {"code", code}}}};
   return "event: error\ndata: " + err.dump() + "\n\n";
@@ -174,13 +140,12 @@ private:
   void start_proxy(proxy_request upstream, proxy_callback done) {
     up_req_ = std::move(upstream);
     up_done_ = std::move(done);
-    auto addr = split_upstream(up_req_.url);
+    auto addr = split_server_url(up_req_.url);
     if (up_ && up_kept_ && addr.key() == up_addr_.key() && up_->socket().is_open()) {
       // The connection the last request of this client used: no pool, no
       // epoll re-registration.
       up_kept_ = false;
       up_addr_ = std::move(addr);
-      up_bytes_to_client_ = false;
       relay_done_ = false;
       up_reused_ = true;
       return up_write();
@@ -194,9 +159,8 @@ private:
     up_.reset();
     up_kept_ = false;
     up_addr_ = std::move(addr);
-    up_bytes_to_client_ = false;
     relay_done_ = false;
-    if (up_req_.url.compare(0, 8, "https://") == 0)
+    if (up_addr_.https)
       return proxy_finish(proxy_result::kind::connect_failed, 0,
                           "https upstreams are not supported yet");
     up_.emplace(stream_.get_executor());
@@ -357,7 +321,6 @@ private:
 
   // Streams: our own chunked response, each upstream chunk written as it comes.
   void relay_start(int status) {
-    up_bytes_to_client_ = true;
     keep_alive_ = false; // the connection closes after a stream
     relay_res_ = std::make_shared<http::response<http::empty_body>>(
       static_cast<http::status>(status), 11);
@@ -650,7 +613,7 @@ private:
   // gateway state, valid during a proxy try
   proxy_request up_req_;
   proxy_callback up_done_;
-  upstream_address up_addr_;
+  server_url_parts up_addr_;
   std::optional<beast::tcp_stream> up_;
   std::vector<tcp::endpoint> up_endpoints_;
   beast::flat_buffer up_buffer_;
@@ -659,7 +622,6 @@ private:
   std::string up_body_;
   bool up_reused_ = false;
   bool up_kept_ = false; // up_ is idle, kept for this client's next request
-  bool up_bytes_to_client_ = false;
   bool relay_done_ = false;
   std::shared_ptr<http::response<http::empty_body>> relay_res_;
   std::shared_ptr<http::response_serializer<http::empty_body>> relay_sr_;

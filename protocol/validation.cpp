@@ -119,6 +119,31 @@ std::optional<std::string> normalize_server_url(std::string_view url, std::strin
   return result;
 }
 
+server_url_parts split_server_url(const std::string& url) {
+  server_url_parts p;
+  p.https = starts_with_ci(url, "https://");
+  auto scheme_end = url.find("://");
+  auto rest = scheme_end == std::string::npos ? url : url.substr(scheme_end + 3);
+  auto slash = rest.find('/');
+  auto authority = rest.substr(0, slash);
+  p.base_path = slash == std::string::npos ? "" : rest.substr(slash);
+  p.host_header = authority;
+  if (!authority.empty() && authority.front() == '[') {
+    auto close = authority.find(']');
+    p.host = authority.substr(1, close - 1);
+    if (close + 1 < authority.size() && authority[close + 1] == ':')
+      p.port = authority.substr(close + 2);
+  } else {
+    auto colon = authority.find(':');
+    p.host = authority.substr(0, colon);
+    if (colon != std::string::npos)
+      p.port = authority.substr(colon + 1);
+  }
+  if (p.port.empty())
+    p.port = p.https ? "443" : "80";
+  return p;
+}
+
 bool json_depth_within(std::string_view body, size_t max_depth) {
   size_t depth = 0;
   bool in_string = false;

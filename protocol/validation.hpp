@@ -20,6 +20,22 @@ namespace mg {
 /// returns it with trailing '/' removed; on failure, `why` says what is wrong.
 std::optional<std::string> normalize_server_url(std::string_view url, std::string& why);
 
+/// The parts of a server URL that was accepted by normalize_server_url.
+struct server_url_parts {
+  bool https = false;
+  std::string host;        // without IPv6 brackets
+  std::string port;        // explicit, or 80 / 443
+  std::string host_header; // host[:port] as written
+  std::string base_path;   // "" or "/prefix"
+  /// "host:port": one upstream, for connection pools.
+  std::string key() const {
+    return host + ":" + port;
+  }
+};
+
+/// Splits a normalized server URL; the probe client and the gateway use it.
+server_url_parts split_server_url(const std::string& url);
+
 /// The deepest nesting of arrays and objects a JSON body may have; deeper
 /// bodies are refused before parsing (recursion in JSON code is bounded by it).
 constexpr size_t max_json_depth = 64;

@@ -30,30 +30,21 @@ import sys
 import tempfile
 import time
 
+from benchlib import free_port, kill_started, spawn, wait_line
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "build", "bin")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PORTS_PER_MOCK = 5000
-STARTED = []  # every process started here, killed at exit whatever happens
 
 
-def spawn(args, **kw):
-    proc = subprocess.Popen(args, **kw)
-    STARTED.append(proc)
-    return proc
 
 
-def kill_started():
-    for p in STARTED:
-        if p.poll() is None:
-            p.kill()
 
 
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+
+
 
 
 def raise_fd_limit():
@@ -76,19 +67,7 @@ def rss_kib(pid):
     return 0
 
 
-def wait_line(proc, prefix, timeout=20):
-    deadline = time.time() + timeout
-    lines = []
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise RuntimeError(f"process exited: {lines}")
-            continue
-        lines.append(line.strip())
-        if line.startswith(prefix):
-            return line.strip()
-    raise RuntimeError(f"no line {prefix!r} within {timeout}s: {lines}")
+
 
 
 class Mock:

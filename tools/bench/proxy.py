@@ -21,40 +21,24 @@ import sys
 import tempfile
 import time
 
+from benchlib import free_port, kill_started, spawn, wait_line
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "build", "bin")
-STARTED = []
 
 BODY = '{"model":"mock-model","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}'
 
 
-def spawn(args, **kw):
-    p = subprocess.Popen(args, **kw)
-    STARTED.append(p)
-    return p
 
 
-def kill_started():
-    for p in STARTED:
-        if p.poll() is None:
-            p.kill()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_line(proc, prefix, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith(prefix):
-            return line.strip()
-        if not line and proc.poll() is not None:
-            raise RuntimeError("process exited")
-    raise RuntimeError("no line " + prefix)
+
+
+
+
 
 
 def wrk(url, connections, threads, seconds, script):

@@ -1,0 +1,41 @@
+"""Process helpers shared by the benchmark scripts in this folder: start
+programs, wait for their announcement line, and kill whatever is left at exit."""
+import socket
+import subprocess
+import time
+
+STARTED = []  # every process started here, killed at exit whatever happens
+
+
+def spawn(args, **kw):
+    proc = subprocess.Popen(args, **kw)
+    STARTED.append(proc)
+    return proc
+
+
+def kill_started():
+    for p in STARTED:
+        if p.poll() is None:
+            p.kill()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_line(proc, prefix, timeout=20):
+    """The first stdout line of `proc` starting with `prefix`."""
+    deadline = time.time() + timeout
+    lines = []
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError(f"process exited before {prefix!r}: {lines}")
+            continue
+        lines.append(line.strip())
+        if line.startswith(prefix):
+            return line.strip()
+    raise RuntimeError(f"no line {prefix!r} within {timeout}s: {lines}")
