@@ -183,10 +183,30 @@ void handle(admin_api_self self, const exchange_ptr& ex) {
       return ask_checker(self, ex, start_atom::value);
     case admin_route::checker_stop:
       return ask_checker(self, ex, stop_atom::value);
+    case admin_route::metrics:
+      self->request(reg, timeout, stats_atom::value)
+        .then(
+          [ex, m = opts.stats](health_stats& s) {
+            registry_figures r;
+            r.healthy = s.active_healthy;
+            r.unhealthy = s.active_unhealthy;
+            r.unknown = s.active_unknown;
+            r.checks_success = s.checks_total - s.failures_total;
+            r.checks_failure = s.failures_total;
+            r.deregistrations_manual = s.manual_deregistrations;
+            r.deregistrations_health_check = s.deregistrations_total;
+            static const metrics empty;
+            ex->respond({200, render_metrics(m ? *m : empty, r, MODELGATE_VERSION),
+                         "text/plain; version=0.0.4; charset=utf-8", {}});
+          },
+          [ex](caf::error& err) { respond_caf_error(ex, err); });
+      return;
     case admin_route::list_models:
       self->request(reg, timeout, list_atom::value, list_filter{})
         .then(
-          [ex](std::vector<server_record>& records) {
+          [ex, m = opts.stats](std::vector<server_record>& records) {
+            if (m)
+              m->count_request(gateway_endpoint::models, 200);
             // Every model of an active server that is not unhealthy, once,
             // created at the earliest registration that serves it.
             std::map<std::string, epoch_ms> models;

@@ -14,6 +14,7 @@
 
 #include <caf/actor_system.hpp>
 
+#include "protocol/metrics.hpp"
 #include "protocol/registry_interface.hpp"
 
 namespace mg {
@@ -23,6 +24,7 @@ struct admin_api_options {
   supervisor_actor supervisor;
   std::optional<std::string> admin_token;
   std::vector<std::string> api_keys; // when set, the OpenAI routes need one
+  std::shared_ptr<metrics> stats;    // rendered by GET /metrics
   /// An on-demand check waits this long on top of the health timeout.
   double health_timeout_seconds = 10;
   std::chrono::milliseconds actor_timeout{10'000};

@@ -27,11 +27,31 @@ struct request_context {
   slot_ptr slot;                  // of the try in flight
   proxy_result last;              // of the last failed try
   std::chrono::steady_clock::time_point started;
+  gateway_endpoint endpoint = gateway_endpoint::chat_completions;
+  std::shared_ptr<metrics> stats;
+  bool counted = false;
+
+  ~request_context() {
+    if (stats && !counted) // never answered through us (cannot happen): keep the gauge right
+      stats->requests_in_flight.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  /// The end of the request, as metrics see it; once.
+  void count(int status) {
+    if (!stats || counted)
+      return;
+    counted = true;
+    stats->requests_in_flight.fetch_sub(1, std::memory_order_relaxed);
+    stats->count_request(endpoint, status);
+    stats->request_duration.observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  }
 };
 
 using context_ptr = std::shared_ptr<request_context>;
 
 void respond_error(const context_ptr& ctx, const api_error& err) {
+  ctx->count(http_status(err.code));
   ctx->exchange->respond({http_status(err.code), error_body(err), "application/json",
                           {{"x-request-id", ctx->request_id}}});
 }
@@ -62,7 +82,7 @@ struct gateway::impl : std::enable_shared_from_this<gateway::impl> {
   std::atomic<uint64_t> ids{std::random_device{}()};
 
   void fail(const context_ptr& ctx, const api_error& err) {
-    respond_error(ctx, err);
+    respond_error(ctx, err); // counts it
     access_log(*ctx, http_status(err.code), "");
   }
 
@@ -106,6 +126,7 @@ struct gateway::impl : std::enable_shared_from_this<gateway::impl> {
                                                                                    : "http_status"});
     }
     if (result.responded()) {
+      ctx->count(result.status != 0 ? result.status : 502);
       if (result.what != proxy_result::kind::success)
         log(log_level::warning, "gateway response ended early",
             {{"server_id", target.server_id}, {"url", target.url}, {"error", result.error},
@@ -116,8 +137,11 @@ struct gateway::impl : std::enable_shared_from_this<gateway::impl> {
         {{"server_id", target.server_id}, {"url", target.url}, {"error", result.error},
          {"request_id", ctx->request_id}});
     ctx->last = result;
-    if (retryable && static_cast<int>(ctx->tried.size()) <= options.max_retries)
+    if (retryable && static_cast<int>(ctx->tried.size()) <= options.max_retries) {
+      if (options.stats)
+        options.stats->upstream_retries.fetch_add(1, std::memory_order_relaxed);
       return try_next(ctx);
+    }
     fail(ctx, exhausted(result));
   }
 
@@ -133,15 +157,23 @@ struct gateway::impl : std::enable_shared_from_this<gateway::impl> {
     ctx->exchange = std::move(ex);
     ctx->started = std::chrono::steady_clock::now();
     const auto& req = ctx->exchange->request();
+    ctx->endpoint = req.path == "/v1/completions"  ? gateway_endpoint::completions
+                    : req.path == "/v1/embeddings" ? gateway_endpoint::embeddings
+                                                   : gateway_endpoint::chat_completions;
+    ctx->stats = options.stats;
+    if (ctx->stats)
+      ctx->stats->requests_in_flight.fetch_add(1, std::memory_order_relaxed);
     ctx->request_id = req.request_id.empty() ? new_request_id() : req.request_id;
     if (!options.api_keys.empty() && !bearer_matches_any(req.authorization, options.api_keys))
       return respond_error(ctx, {errc::unauthorized, req.authorization.empty()
                                                        ? "missing API key (Authorization: Bearer)"
                                                        : "invalid API key"});
-    if (req.method != "POST")
+    if (req.method != "POST") {
+      ctx->count(405);
       return ctx->exchange->respond({405, error_body({errc::method_not_allowed,
                                                       "use POST on " + req.path}),
                                      "application/json", {{"Allow", "POST"}}});
+    }
     if (!json_depth_within(req.body))
       return respond_error(ctx, {errc::invalid_request, "request body nests too deeply"});
     auto doc = nlohmann::json::parse(req.body, nullptr, false);

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "protocol/http_server.hpp"
+#include "protocol/metrics.hpp"
 #include "protocol/registry_interface.hpp"
 #include "protocol/route_table.hpp"
 
@@ -28,6 +29,7 @@ struct gateway_options {
   std::shared_ptr<route_table> table;
   registry_actor registry;           // hears the gateway's passive failures
   std::vector<std::string> api_keys; // empty: no key needed
+  std::shared_ptr<metrics> stats;    // requests, durations, retries (none: not counted)
   std::chrono::milliseconds connect_timeout{5'000};
   std::chrono::milliseconds response_timeout{600'000};
   std::chrono::milliseconds idle_timeout{300'000};

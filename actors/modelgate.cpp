@@ -15,11 +15,13 @@ namespace mg {
 modelgate_handles spawn_modelgate(caf::actor_system& sys, const modelgate_config& config,
                                   modelgate_hooks hooks) {
   auto store = std::make_shared<server_store>(config.db_path);
+  auto stats = std::make_shared<metrics>();
   modelgate_handles handles;
   registry_options ro;
   ro.store = std::move(store);
   ro.clock = std::move(hooks.clock);
   ro.health = config.health;
+  ro.stats_sink = stats;
   handles.registry = spawn_registry(sys, std::move(ro));
   handles.probes = std::make_shared<probe_runtime>(1);
   supervisor_options so;
@@ -42,6 +44,7 @@ modelgate_handles spawn_modelgate(caf::actor_system& sys, const modelgate_config
   ao.supervisor = handles.supervisor;
   ao.admin_token = config.admin_token;
   ao.api_keys = config.api_keys;
+  ao.stats = stats;
   ao.actor_timeout = config.actor_timeout;
   ao.health_timeout_seconds = config.health.timeout_seconds;
   handles.admin_api = spawn_admin_api(sys, std::move(ao));
@@ -51,6 +54,7 @@ modelgate_handles spawn_modelgate(caf::actor_system& sys, const modelgate_config
   go.table = table;
   go.registry = handles.registry;
   go.api_keys = config.api_keys;
+  go.stats = stats;
   go.connect_timeout = seconds_to_ms(config.upstream_connect_timeout_seconds);
   go.response_timeout = seconds_to_ms(config.upstream_timeout_seconds);
   go.idle_timeout = seconds_to_ms(config.stream_idle_timeout_seconds);

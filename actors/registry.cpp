@@ -42,6 +42,7 @@ struct registry_state {
   health_config health;
   health_stats stats; // checks, failures, deregistrations since start
   std::vector<registry_listener> listeners;
+  std::shared_ptr<metrics> stats_sink;
 
   static inline const char* name = "modelgate.registry";
 };
@@ -206,6 +207,8 @@ bool apply_outcome(registry_self self, const std::string& id, uint64_t generatio
   if (result.transition == health_transition::dropped)
     return false;
   ++st.stats.checks_total;
+  if (st.stats_sink && outcome.response_time_ms)
+    st.stats_sink->health_check_duration.observe(*outcome.response_time_ms / 1000.0);
   if (!outcome.healthy)
     ++st.stats.failures_total;
   it->second = std::move(result.record);
@@ -246,6 +249,7 @@ registry_actor::behavior_type registry_impl(registry_self self, registry_options
   st.clock = options.clock ? std::move(options.clock) : wall_clock{now_ms};
   st.rng.seed(options.seed != 0 ? options.seed : std::random_device{}());
   st.health = options.health;
+  st.stats_sink = std::move(options.stats_sink);
   load(st);
   log(log_level::info, "registry loaded",
       {{"servers", st.servers.size()},
@@ -315,6 +319,8 @@ registry_actor::behavior_type registry_impl(registry_self self, registry_options
       rec.updated_at = now;
       ++rec.generation;
       stage(self, rec, server_event{rec.id, now, "deregistered", reason});
+      if (reason == "manual")
+        ++st.stats.manual_deregistrations;
       auto fields = server_fields(rec);
       fields["reason"] = reason;
       log(log_level::info, "server deregistered", fields);

@@ -15,6 +15,7 @@
 #include <caf/actor_system.hpp>
 
 #include "protocol/config.hpp"
+#include "protocol/metrics.hpp"
 #include "protocol/registry_interface.hpp"
 #include "protocol/time.hpp"
 #include "storage/server_store.hpp"
@@ -28,6 +29,8 @@ struct registry_options {
   uint64_t seed = 0;
   /// Failure threshold and auto-deregistration for probe results.
   health_config health;
+  /// Where probe durations are observed (none: not observed).
+  std::shared_ptr<metrics> stats_sink;
 };
 
 /// Spawns the registry; `detached` puts it on its own thread (the daemon's

@@ -26,6 +26,7 @@ constexpr route_row route_table[] = {
   {"/v1/health-checker/start", "POST", admin_route::checker_start},
   {"/v1/health-checker/stop", "POST", admin_route::checker_stop},
   {"/v1/models", "GET", admin_route::list_models},
+  {"/metrics", "GET", admin_route::metrics},
 };
 
 std::vector<std::string_view> split_path(std::string_view path) {

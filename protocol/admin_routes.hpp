@@ -27,6 +27,7 @@ enum class admin_route {
   checker_start,     // POST /v1/health-checker/start
   checker_stop,      // POST /v1/health-checker/stop
   list_models,       // GET /v1/models (gateway: needs an API key when keys are set)
+  metrics,           // GET /metrics
 };
 
 struct route_match {

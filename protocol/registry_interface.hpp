@@ -97,6 +97,7 @@ struct health_stats {
   uint64_t checks_total = 0;
   uint64_t failures_total = 0;
   uint64_t deregistrations_total = 0; // by the health policy
+  uint64_t manual_deregistrations = 0;
   uint64_t active_healthy = 0;
   uint64_t active_unhealthy = 0;
   uint64_t active_unknown = 0;

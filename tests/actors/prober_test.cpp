@@ -31,7 +31,7 @@ struct prober_fixture {
 
   prober_fixture() : sys(prep(cfg)), self(sys) {
     reg = spawn_registry(sys, registry_options{std::make_shared<server_store>(":memory:"), now_ms,
-                                               1, health_config{}},
+                                               1, health_config{}, nullptr},
                          false);
     registration r;
     r.url = "http://127.0.0.1:1";

@@ -43,7 +43,7 @@ struct fixture {
     auto clock = now;
     return spawn_registry(sys,
                           registry_options{std::make_shared<server_store>(db),
-                                           [clock] { return clock->load(); }, 42, health_config{}},
+                                           [clock] { return clock->load(); }, 42, health_config{}, nullptr},
                           false);
   }
 

@@ -36,7 +36,7 @@ struct supervisor_fixture {
     h.timeout_seconds = 0.5;
     h.max_failures = 2;
     reg = spawn_registry(sys, registry_options{std::make_shared<server_store>(":memory:"), now_ms,
-                                               1, h},
+                                               1, h, nullptr},
                          false);
     register_server("http://127.0.0.1:1"); // present before the supervisor starts
     supervisor_options so;
