@@ -56,7 +56,8 @@ void respond_error(const context_ptr& ctx, const api_error& err) {
                           {{"x-request-id", ctx->request_id}}});
 }
 
-void access_log(const request_context& ctx, int status, const std::string& server) {
+void access_log(const request_context& ctx, int status, const std::string& server,
+                uint64_t bytes = 0) {
   if (!log_enabled(log_level::info))
     return;
   auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - ctx.started)
@@ -64,7 +65,7 @@ void access_log(const request_context& ctx, int status, const std::string& serve
   const auto& req = ctx.exchange->request();
   log(log_level::info, "gateway request",
       {{"method", req.method}, {"path", req.path}, {"model", ctx.model}, {"server_id", server},
-       {"status", status}, {"duration_ms", ms}, {"request_id", ctx.request_id},
+       {"status", status}, {"duration_ms", ms}, {"bytes", bytes}, {"request_id", ctx.request_id},
        {"tries", ctx.tried.size()}});
 }
 
@@ -131,7 +132,7 @@ struct gateway::impl : std::enable_shared_from_this<gateway::impl> {
         log(log_level::warning, "gateway response ended early",
             {{"server_id", target.server_id}, {"url", target.url}, {"error", result.error},
              {"request_id", ctx->request_id}});
-      return access_log(*ctx, result.status, target.server_id);
+      return access_log(*ctx, result.status, target.server_id, result.bytes);
     }
     log(log_level::warning, "gateway try failed",
         {{"server_id", target.server_id}, {"url", target.url}, {"error", result.error},

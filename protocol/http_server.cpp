@@ -140,6 +140,7 @@ private:
   void start_proxy(proxy_request upstream, proxy_callback done) {
     up_req_ = std::move(upstream);
     up_done_ = std::move(done);
+    relayed_bytes_ = 0;
     auto addr = split_server_url(up_req_.url);
     if (up_ && up_kept_ && addr.key() == up_addr_.key() && up_->socket().is_open()) {
       // The connection the last request of this client used: no pool, no
@@ -315,6 +316,7 @@ private:
     bool reusable = res.keep_alive();
     release_upstream(reusable);
     auto status = r.status;
+    relayed_bytes_ = r.body.size();
     proxy_finish(proxy_result::kind::success, status, {});
     write(std::move(r));
   }
@@ -375,6 +377,7 @@ private:
     if (n > 0) {
       // Write this piece before reading the next: no buffering beyond it.
       auto data = std::make_shared<std::string>(up_chunk_.data(), n);
+      relayed_bytes_ += n;
       stream_.expires_after(up_req_.idle_timeout + state_->options.write_timeout);
       asio::async_write(stream_, http::make_chunk(asio::buffer(*data)),
                         [self = shared_from_this(), data, ec](beast::error_code wec, size_t) {
@@ -460,7 +463,7 @@ private:
     auto done = std::move(up_done_);
     up_done_ = nullptr;
     if (done)
-      done(proxy_result{what, status, std::move(error)});
+      done(proxy_result{what, status, std::move(error), relayed_bytes_});
   }
 
   void on_start() {
@@ -622,6 +625,7 @@ private:
   std::string up_body_;
   bool up_reused_ = false;
   bool up_kept_ = false; // up_ is idle, kept for this client's next request
+  uint64_t relayed_bytes_ = 0; // of this try's answer body, to the client
   bool relay_done_ = false;
   std::shared_ptr<http::response<http::empty_body>> relay_res_;
   std::shared_ptr<http::response_serializer<http::empty_body>> relay_sr_;

@@ -68,6 +68,7 @@ struct proxy_result {
   kind what = kind::failed;
   int status = 0;    // the upstream's status, when it answered
   std::string error; // what went wrong, for logs and error bodies
+  uint64_t bytes = 0; // body bytes relayed to the client
   /// True when the client got (part of) a response: answer nothing more.
   bool responded() const {
     return what == kind::success || what == kind::broken || what == kind::client_gone;

@@ -1,0 +1,97 @@
+// logging_test.cpp — operators' logs: with --log-format json every stderr line
+// is one JSON object with ts, level and msg; --log-level filters; a gateway
+// request leaves one INFO access line with method, path, model, server,
+// status, duration and bytes, and never a token, an API key or the body.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <sstream>
+
+#include "harness.hpp"
+
+using json = nlohmann::json;
+using namespace mg_test;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::vector<json> json_lines(const std::string& text) {
+  std::vector<json> out;
+  std::istringstream in{text};
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty())
+      continue;
+    auto j = json::parse(line, nullptr, false);
+    INFO(line);
+    REQUIRE(j.is_object()); // every line is one JSON object
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("--log-format json writes one object per line, access lines without secrets",
+          "[logging][integration]") {
+  daemon_process mock(MOCK_SERVER_PATH, {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"});
+  daemon_process d(MODELGATED_PATH, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db",
+                                     "--log-format", "json", "--health-interval", "0.2",
+                                     "--health-timeout", "0.2", "--admin-token", "admin-secret",
+                                     "--api-key", "client-key"});
+  http_client c{"127.0.0.1", d.port()};
+  auto url = "http://127.0.0.1:" + std::to_string(mock.port());
+  auto reg = c.post("/v1/servers",
+                    json{{"url", url}, {"models", {"m"}}, {"api_key", "upstream-secret"}}.dump(),
+                    {{"Authorization", "Bearer admin-secret"}});
+  REQUIRE(reg.status == 201);
+  auto id = json::parse(reg.body)["id"].get<std::string>();
+  REQUIRE(wait_until([&] {
+    auto r = c.get("/v1/servers/" + id, {{"Authorization", "Bearer admin-secret"}});
+    return json::parse(r.body)["status"] == "healthy";
+  }, 5s));
+  auto r = c.post("/v1/chat/completions",
+                  R"({"model":"m","messages":[{"role":"user","content":"body-secret-text"}]})",
+                  {{"Authorization", "Bearer client-key"}});
+  REQUIRE(r.status == 200);
+  REQUIRE(wait_until([&] { return d.stderr_text().find("gateway request") != std::string::npos; }, 2s));
+  auto text = d.stderr_text();
+  for (const char* secret : {"admin-secret", "client-key", "upstream-secret", "body-secret-text"}) {
+    INFO(secret);
+    CHECK(text.find(secret) == std::string::npos);
+  }
+  auto lines = json_lines(text);
+  bool access = false, registered = false;
+  for (const auto& j : lines) {
+    CHECK(j["ts"].is_string());
+    CHECK(j["level"].is_string());
+    CHECK(j["msg"].is_string());
+    if (j["msg"] == "gateway request") {
+      access = true;
+      CHECK(j["level"] == "INFO");
+      CHECK(j["method"] == "POST");
+      CHECK(j["path"] == "/v1/chat/completions");
+      CHECK(j["model"] == "m");
+      CHECK(j["server_id"] == id);
+      CHECK(j["status"] == 200);
+      CHECK(j["duration_ms"].is_number());
+      CHECK(j["bytes"].get<int64_t>() == static_cast<int64_t>(r.body.size()));
+    }
+    if (j["msg"] == "server registered") {
+      registered = true;
+      CHECK(j["server_id"] == id);
+      CHECK(j["url"] == url);
+    }
+  }
+  CHECK(access);
+  CHECK(registered);
+}
+
+TEST_CASE("--log-level warning leaves out INFO lines", "[logging][integration]") {
+  daemon_process d(MODELGATED_PATH, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db",
+                                     "--log-level", "warning", "--health-interval", "0.2",
+                                     "--health-timeout", "0.2"});
+  http_client c{"127.0.0.1", d.port()};
+  REQUIRE(c.post("/v1/servers", json{{"url", "http://127.0.0.1:1"}, {"models", {"m"}}}.dump()).status == 201);
+  REQUIRE(wait_until([&] { return d.stderr_text().find("WARNING") != std::string::npos; }, 3s));
+  CHECK(d.stderr_text().find(" INFO ") == std::string::npos);
+}
