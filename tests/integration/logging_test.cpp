@@ -31,7 +31,7 @@ std::vector<json> json_lines(const std::string& text) {
 
 } // namespace
 
-TEST_CASE("--log-format json writes one object per line, access lines without secrets",
+TEST_CASE("with --log-format json the daemon writes one object per line, access lines without secrets",
           "[logging][integration]") {
   daemon_process mock(MOCK_SERVER_PATH, {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"});
   daemon_process d(MODELGATED_PATH, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db",
@@ -86,7 +86,7 @@ TEST_CASE("--log-format json writes one object per line, access lines without se
   CHECK(registered);
 }
 
-TEST_CASE("--log-level warning leaves out INFO lines", "[logging][integration]") {
+TEST_CASE("with --log-level warning no INFO line is written", "[logging][integration]") {
   daemon_process d(MODELGATED_PATH, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db",
                                      "--log-level", "warning", "--health-interval", "0.2",
                                      "--health-timeout", "0.2"});
