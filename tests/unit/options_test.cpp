@@ -155,7 +155,7 @@ TEST_CASE("the default health timeout follows a shorter interval", "[options]") 
   CHECK(explicit_timeout.exit_code == 2);
 }
 
-TEST_CASE("--help prints the options and exits 0", "[options]") {
+TEST_CASE("the help flag prints the options and exits 0", "[options]") {
   auto o = parse({"--help"});
   CHECK_FALSE(o.config);
   CHECK(o.exit_code == 0);
