@@ -78,6 +78,9 @@ def stream_delays(port, path_prefix=""):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--compare", metavar="MODELGATED",
+                    help="another modelgated binary (e.g. a build without metrics) measured in "
+                         "the same run, in front of the same mock")
     args = ap.parse_args()
     for tool in ("wrk", "haproxy"):
         if shutil.which(tool) is None:
@@ -97,15 +100,25 @@ def main():
                     os.path.join(work, "m.db"), "--health-interval", "1", "--log-level", "warning"],
                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     gport = int(wait_line(daemon, "modelgate listening on").rsplit(":", 1)[1])
-    subprocess.run(["curl", "-s", "-o", "/dev/null", "-X", "POST", f"http://127.0.0.1:{gport}/v1/servers",
-                    "-d", json.dumps({"url": f"http://127.0.0.1:{mport}", "models": ["mock-model"]})],
-                   check=True)
-    for _ in range(100):  # until probed healthy
-        out = subprocess.run(["curl", "-s", f"http://127.0.0.1:{gport}/v1/servers?status=healthy"],
-                             capture_output=True, text=True).stdout
-        if '"healthy"' in out:
-            break
-        time.sleep(0.05)
+
+    def register(port):
+        subprocess.run(["curl", "-s", "-o", "/dev/null", "-X", "POST", f"http://127.0.0.1:{port}/v1/servers",
+                        "-d", json.dumps({"url": f"http://127.0.0.1:{mport}", "models": ["mock-model"]})],
+                       check=True)
+        for _ in range(100):  # until probed healthy
+            out = subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/v1/servers?status=healthy"],
+                                 capture_output=True, text=True).stdout
+            if '"healthy"' in out:
+                break
+            time.sleep(0.05)
+    register(gport)
+    cport = None
+    if args.compare:
+        other = spawn([args.compare, "--listen", "127.0.0.1:0", "--db", os.path.join(work, "c.db"),
+                       "--health-interval", "1", "--log-level", "warning"],
+                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        cport = int(wait_line(other, "modelgate listening on").rsplit(":", 1)[1])
+        register(cport)
     hport = free_port()
     cfg = os.path.join(work, "haproxy.cfg")
     with open(cfg, "w") as f:
@@ -118,6 +131,8 @@ def main():
     time.sleep(1)
     path = "/v1/chat/completions"
     targets = [("direct (mock)", mport), ("modelgated", gport), ("haproxy", hport)]
+    if cport:
+        targets.append(("compare", cport))
     results = {}
     print(f"nproc: {os.cpu_count()}", flush=True)
     for name, port in targets:
@@ -142,6 +157,9 @@ def main():
     mg50, ha50 = results[("modelgated", 50)]["rps"], results[("haproxy", 50)]["rps"]
     d1 = results[("direct (mock)", 1)]["p50_ms"]
     print(f"\nmodelgated / haproxy req/s at 50 conns: {mg50 / ha50:.2f}")
+    if cport:
+        print(f"modelgated / compare ({args.compare}) req/s at 50 conns: "
+              f"{mg50 / results[('compare', 50)]['rps']:.3f}")
     print(f"added p50 at 1 conn: modelgated {1000 * (results[('modelgated', 1)]['p50_ms'] - d1):.0f} us, "
           f"haproxy {1000 * (results[('haproxy', 1)]['p50_ms'] - d1):.0f} us")
     print(f"stream chunk delay p50/p99 ms: direct {p(direct, .5):.3f}/{p(direct, .99):.3f}, "
