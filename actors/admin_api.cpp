@@ -59,12 +59,11 @@ std::optional<api_error> parse_list_filter(const std::string& query, list_filter
   return std::nullopt;
 }
 
-template <class Handler>
-void ask_registry_record(admin_api_self self, const exchange_ptr& ex, int status,
-                         Handler&& send_request) {
-  send_request().then([ex, status](server_record& rec) { respond_json(ex, status, to_json(rec)); },
-                      [ex](caf::error& err) { respond_caf_error(ex, err); });
-  (void) self;
+/// Answers with the record a registry request replies, or its error.
+template <class ResponseHandle>
+void reply_record(ResponseHandle&& pending, const exchange_ptr& ex) {
+  pending.then([ex](server_record& rec) { respond_json(ex, 200, to_json(rec)); },
+               [ex](caf::error& err) { respond_caf_error(ex, err); });
 }
 
 nlohmann::json to_json(const check_reply& reply) {
@@ -157,18 +156,12 @@ void handle(admin_api_self self, const exchange_ptr& ex) {
       return;
     }
     case admin_route::get_server:
-      return ask_registry_record(self, ex, 200, [&] {
-        return self->request(reg, timeout, get_atom::value, match.id);
-      });
+      return reply_record(self->request(reg, timeout, get_atom::value, match.id), ex);
     case admin_route::deregister_server:
-      return ask_registry_record(self, ex, 200, [&] {
-        return self->request(reg, timeout, deregister_atom::value, match.id,
-                             std::string{"manual"});
-      });
+      return reply_record(
+        self->request(reg, timeout, deregister_atom::value, match.id, std::string{"manual"}), ex);
     case admin_route::reactivate_server:
-      return ask_registry_record(self, ex, 200, [&] {
-        return self->request(reg, timeout, reactivate_atom::value, match.id);
-      });
+      return reply_record(self->request(reg, timeout, reactivate_atom::value, match.id), ex);
     case admin_route::check_server: {
       auto check_timeout = timeout + std::chrono::milliseconds(static_cast<int64_t>(
                                        opts.health_timeout_seconds * 1000));
