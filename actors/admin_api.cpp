@@ -7,6 +7,7 @@
 #include "protocol/admin_routes.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/log.hpp"
+#include "protocol/status_page.hpp"
 #include "protocol/validation.hpp"
 
 namespace mg {
@@ -176,6 +177,8 @@ void handle(admin_api_self self, const exchange_ptr& ex) {
       return ask_checker(self, ex, start_atom::value);
     case admin_route::checker_stop:
       return ask_checker(self, ex, stop_atom::value);
+    case admin_route::status_page:
+      return ex->respond({200, status_page_html(), "text/html; charset=utf-8", {}});
     case admin_route::metrics:
       self->request(reg, timeout, stats_atom::value)
         .then(

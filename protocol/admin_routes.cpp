@@ -27,6 +27,7 @@ constexpr route_row route_table[] = {
   {"/v1/health-checker/stop", "POST", admin_route::checker_stop},
   {"/v1/models", "GET", admin_route::list_models},
   {"/metrics", "GET", admin_route::metrics},
+  {"/ui", "GET", admin_route::status_page},
 };
 
 std::vector<std::string_view> split_path(std::string_view path) {

@@ -28,6 +28,7 @@ enum class admin_route {
   checker_stop,      // POST /v1/health-checker/stop
   list_models,       // GET /v1/models (gateway: needs an API key when keys are set)
   metrics,           // GET /metrics
+  status_page,       // GET /ui
 };
 
 struct route_match {

@@ -8,8 +8,10 @@ extra=()
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   extra+=(nodejs npm)
 fi
-install_missing_packages "${extra[@]}"
+# The status page test drives Debian's Chromium through playwright-core.
+install_missing_packages chromium "${extra[@]}"
 npm ci --prefix tests/integration/openai_client --no-audit --no-fund --loglevel=error
+npm ci --prefix tests/integration/status_page --no-audit --no-fund --loglevel=error
 jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMODELGATE_TESTS=ON
 cmake --build build -j"$jobs"
