@@ -9,6 +9,8 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   extra+=(nodejs npm)
 fi
 # The status page test drives Debian's Chromium through playwright-core.
+# The unit test checks tools/modelgated.service with systemd-analyze.
+command -v systemd-analyze >/dev/null || extra+=(systemd)
 install_missing_packages chromium "${extra[@]}"
 npm ci --prefix tests/integration/openai_client --no-audit --no-fund --loglevel=error
 npm ci --prefix tests/integration/status_page --no-audit --no-fund --loglevel=error

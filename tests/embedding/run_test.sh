@@ -19,8 +19,12 @@ build_dir="$(cd "$1" && pwd)"
 tmp="$(mktemp -d)"
 mock_pid=""
 cleanup() {
-  if [ -n "$mock_pid" ]; then
-    kill "$mock_pid" 2>/dev/null || true
+  if [ -n "$mock_pid" ] && kill -TERM "$mock_pid" 2>/dev/null; then
+    local deadline=$((SECONDS + 10))
+    while kill -0 "$mock_pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+      sleep 0.05
+    done
+    kill -KILL "$mock_pid" 2>/dev/null || true
     wait "$mock_pid" 2>/dev/null || true
   fi
   rm -rf "$tmp"
