@@ -11,6 +11,8 @@ fi
 # The status page test drives Debian's Chromium through playwright-core.
 # The unit test checks tools/modelgated.service with systemd-analyze.
 command -v systemd-analyze >/dev/null || extra+=(systemd)
+# The metrics test checks the exposition with promtool (Debian's prometheus).
+command -v promtool >/dev/null || extra+=(prometheus)
 install_missing_packages chromium "${extra[@]}"
 npm ci --prefix tests/integration/openai_client --no-audit --no-fund --loglevel=error
 npm ci --prefix tests/integration/status_page --no-audit --no-fund --loglevel=error

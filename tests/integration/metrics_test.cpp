@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <fstream>
 #include <regex>
 
 #include "harness.hpp"
@@ -20,6 +21,21 @@ double sample(const std::string& text, const std::string& series) {
   if (pos == std::string::npos)
     return -1;
   return std::stod(text.substr(pos + series.size() + 2));
+}
+
+/// promtool (Debian's prometheus package; tools/test.sh installs it) accepts
+/// the exposition: names, HELP/TYPE, histograms, label syntax.
+void promtool_accepts(const std::string& body) {
+  temp_dir dir;
+  auto path = dir.file("metrics.txt");
+  {
+    std::ofstream out{path};
+    out << body;
+  }
+  auto check = run_process({"/bin/sh", "-c", "promtool check metrics < " + path});
+  INFO("promtool: " << check.out << check.err);
+  REQUIRE(check.exit_code != 127); // promtool missing: tools/test.sh installs it
+  CHECK(check.exit_code == 0);
 }
 
 struct mock {
@@ -52,6 +68,7 @@ TEST_CASE("GET /metrics exposes the contract's families and they move", "[metric
     CHECK(first.body.find(std::string{"# HELP "} + family + " ") != std::string::npos);
     CHECK(first.body.find(std::string{"# TYPE "} + family + " ") != std::string::npos);
   }
+  promtool_accepts(first.body);
   // Every sample line is `name{labels} value` with a modelgate_ name.
   static const std::regex line_re(R"(^(#.*|modelgate_[a-z_]+(\{[^}]*\})? [-+0-9.eInf]+)$)");
   std::istringstream lines{first.body};
@@ -84,6 +101,7 @@ TEST_CASE("GET /metrics exposes the contract's families and they move", "[metric
   CHECK(sample(m, "modelgate_requests_in_flight") == 0);
   CHECK(sample(m, "modelgate_health_check_duration_seconds_count") >= 1);
   CHECK(sample(m, R"(modelgate_servers{status="healthy"})") == 1);
+  promtool_accepts(m);
   (void) id;
 }
 
