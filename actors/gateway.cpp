@@ -69,6 +69,18 @@ void access_log(const request_context& ctx, int status, const std::string& serve
        {"tries", ctx.tried.size()}});
 }
 
+/// A client's x-request-id is kept when it is short printable ASCII; anything
+/// else (control bytes, invalid UTF-8, kilobytes) is replaced by our own, since
+/// it goes into logs and upstream headers.
+bool usable_request_id(const std::string& id) {
+  if (id.empty() || id.size() > 128)
+    return false;
+  for (unsigned char c : id)
+    if (c < 0x21 || c > 0x7e)
+      return false;
+  return true;
+}
+
 /// The answer when tries were made and none is left: 504 after a timeout, 502 otherwise.
 api_error exhausted(const proxy_result& last) {
   if (last.what == proxy_result::kind::timeout)
@@ -164,7 +176,7 @@ struct gateway::impl : std::enable_shared_from_this<gateway::impl> {
     ctx->stats = options.stats;
     if (ctx->stats)
       ctx->stats->requests_in_flight.fetch_add(1, std::memory_order_relaxed);
-    ctx->request_id = req.request_id.empty() ? new_request_id() : req.request_id;
+    ctx->request_id = usable_request_id(req.request_id) ? req.request_id : new_request_id();
     if (!options.api_keys.empty() && !bearer_matches_any(req.authorization, options.api_keys))
       return respond_error(ctx, {errc::unauthorized, req.authorization.empty()
                                                        ? "missing API key (Authorization: Bearer)"

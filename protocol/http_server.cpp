@@ -91,6 +91,8 @@ std::string sse_error_event(const std::string& message, const char* code) {
 }
 
 constexpr size_t header_limit = 16 * 1024;
+/// The largest non-stream upstream answer relayed (it is held whole).
+constexpr size_t max_upstream_body = 64u << 20;
 
 class session : public std::enable_shared_from_this<session> {
 public:
@@ -161,6 +163,7 @@ private:
     up_kept_ = false;
     up_addr_ = std::move(addr);
     relay_done_ = false;
+    relay_res_.reset();
     if (up_addr_.https)
       return proxy_finish(proxy_result::kind::connect_failed, 0,
                           "https upstreams are not supported yet");
@@ -229,19 +232,22 @@ private:
       if (ec == beast::error::timeout)
         return self->proxy_finish(proxy_result::kind::timeout, 0, "sending to the upstream timed out");
       if (ec)
-        return self->up_retry_or(proxy_result::kind::connect_failed, "sending to the upstream: " + ec.message());
+        return self->up_retry_or("sending to the upstream: " + ec.message());
       self->up_read_header();
     });
   }
 
   /// A reused connection the upstream had closed: once more on a new one.
-  void up_retry_or(proxy_result::kind what, std::string error) {
+  /// A fresh connection that fails after connecting is not a connect
+  /// failure: the upstream got the request, so it is neither retried nor
+  /// held against the server (`failed`, 502).
+  void up_retry_or(std::string error) {
     if (up_reused_) {
       up_reused_ = false;
       close_upstream();
       return up_connect();
     }
-    proxy_finish(what, 0, std::move(error));
+    proxy_finish(proxy_result::kind::failed, 0, std::move(error));
   }
 
   void up_read_header() {
@@ -260,7 +266,7 @@ private:
       return proxy_finish(proxy_result::kind::timeout, 0, "no response headers within the upstream timeout");
     if (ec) {
       if (bytes == 0)
-        return up_retry_or(proxy_result::kind::connect_failed, "the upstream closed the connection: " + ec.message());
+        return up_retry_or("the upstream closed the connection: " + ec.message());
       return proxy_finish(proxy_result::kind::failed, 0, "malformed upstream response: " + ec.message());
     }
     auto& res = up_parser_->get();
@@ -277,6 +283,12 @@ private:
   }
 
   void up_read_body() {
+    if (up_parser_->is_done()) // no body (Content-Length: 0, 204, 304)
+      return relay_whole();
+    if (up_body_.size() > max_upstream_body)
+      return proxy_finish(proxy_result::kind::failed, 0,
+                          "the upstream's response body is over " + std::to_string(max_upstream_body)
+                            + " bytes");
     char* data = up_chunk_.data();
     up_parser_->get().body().data = data;
     up_parser_->get().body().size = up_chunk_.size();
@@ -347,7 +359,9 @@ private:
   /// A read kept pending on the client socket: a disconnect shows at once,
   /// and the upstream request is closed with it.
   void watch_client() {
-    stream_.async_read_some(asio::buffer(watch_buf_), [self = shared_from_this()](beast::error_code ec, size_t) {
+    // On the raw socket: a read through the tcp_stream would carry its
+    // deadline and end a long but lively stream.
+    stream_.socket().async_read_some(asio::buffer(watch_buf_), [self = shared_from_this()](beast::error_code ec, size_t) {
       if (self->relay_done_)
         return;
       if (ec)
@@ -357,6 +371,8 @@ private:
   }
 
   void relay_read() {
+    if (relay_done_ || !up_)
+      return;
     if (up_parser_->is_done())
       return relay_end();
     up_parser_->get().body().data = up_chunk_.data();
@@ -381,6 +397,8 @@ private:
       stream_.expires_after(up_req_.idle_timeout + state_->options.write_timeout);
       asio::async_write(stream_, http::make_chunk(asio::buffer(*data)),
                         [self = shared_from_this(), data, ec](beast::error_code wec, size_t) {
+                          if (self->relay_done_) // the client went away meanwhile
+                            return;
                           if (wec)
                             return self->relay_client_gone(wec);
                           if (ec)
@@ -410,7 +428,7 @@ private:
                         asio::async_write(self->stream_, http::make_chunk_last(),
                                           [self](beast::error_code, size_t) { self->do_close(); });
                       });
-    proxy_finish(proxy_result::kind::broken, 0, error);
+    proxy_finish(proxy_result::kind::broken, relayed_status(), error);
   }
 
   void relay_end() {
@@ -429,7 +447,13 @@ private:
     relay_done_ = true;
     close_upstream(); // the upstream sees the request end at once
     do_close();
-    proxy_finish(proxy_result::kind::client_gone, 0, "the client disconnected: " + ec.message());
+    proxy_finish(proxy_result::kind::client_gone, relayed_status(),
+                 "the client disconnected: " + ec.message());
+  }
+
+  /// The status the client got, once the upstream's headers were relayed.
+  int relayed_status() const {
+    return relay_res_ ? static_cast<int>(relay_res_->result_int()) : 0;
   }
 
   /// Puts the upstream connection back in the pool, or closes it.

@@ -35,9 +35,9 @@ void append_text_value(std::string& out, const nlohmann::json& v) {
     if (s.find_first_of(" \"=") == std::string::npos && !s.empty())
       out += s;
     else
-      out += nlohmann::json(s).dump();
+      out += nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   } else {
-    out += v.dump();
+    out += v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
 }
 

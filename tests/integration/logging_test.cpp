@@ -1,4 +1,5 @@
-// logging_test.cpp — operators' logs: with --log-format json every stderr line
+// logging_test.cpp — operators' logs (and two gateway edge cases that show in
+// them): with --log-format json every stderr line
 // is one JSON object with ts, level and msg; --log-level filters; a gateway
 // request leaves one INFO access line with method, path, model, server,
 // status, duration and bytes, and never a token, an API key or the body.
@@ -94,4 +95,47 @@ TEST_CASE("with --log-level warning no INFO line is written", "[logging][integra
   REQUIRE(c.post("/v1/servers", json{{"url", "http://127.0.0.1:1"}, {"models", {"m"}}}.dump()).status == 201);
   REQUIRE(wait_until([&] { return d.stderr_text().find("WARNING") != std::string::npos; }, 3s));
   CHECK(d.stderr_text().find(" INFO ") == std::string::npos);
+}
+
+TEST_CASE("a hostile x-request-id is replaced, logged safely, and never crashes the daemon",
+          "[logging][integration]") {
+  daemon_process mock(MOCK_SERVER_PATH, {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"});
+  daemon_process d(MODELGATED_PATH, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db",
+                                     "--health-interval", "0.2", "--health-timeout", "0.2"});
+  http_client c{"127.0.0.1", d.port()};
+  auto url = "http://127.0.0.1:" + std::to_string(mock.port());
+  auto reg = c.post("/v1/servers", json{{"url", url}, {"models", {"m"}}}.dump());
+  REQUIRE(reg.status == 201);
+  auto id = json::parse(reg.body)["id"].get<std::string>();
+  REQUIRE(wait_until([&] { return json::parse(c.get("/v1/servers/" + id).body)["status"] == "healthy"; }, 5s));
+  for (const std::string& hostile : {std::string{"\xff a=\"b\""}, std::string(4000, 'x'),
+                                     std::string{"ok-id-123"}}) {
+    auto r = c.post("/v1/chat/completions", R"({"model":"m","messages":[]})",
+                    {{"x-request-id", hostile}});
+    REQUIRE(r.status == 200);
+    if (hostile == "ok-id-123")
+      CHECK(r.header("x-request-id") == hostile); // a sane id is kept
+    else
+      CHECK(r.header("x-request-id").rfind("req_", 0) == 0);
+  }
+  CHECK(c.get("/health").status == 200);
+}
+
+TEST_CASE("an upstream answer without a body is relayed at once", "[gateway][integration]") {
+  daemon_process mock(MOCK_SERVER_PATH,
+                      {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--mode", "empty_body"});
+  daemon_process d(MODELGATED_PATH, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db",
+                                     "--health-interval", "0.2", "--health-timeout", "0.2"});
+  http_client c{"127.0.0.1", d.port()};
+  auto url = "http://127.0.0.1:" + std::to_string(mock.port());
+  auto reg = c.post("/v1/servers",
+                    json{{"url", url}, {"models", {"m"}}, {"health_expect", "status"}}.dump());
+  REQUIRE(reg.status == 201);
+  auto id = json::parse(reg.body)["id"].get<std::string>();
+  REQUIRE(wait_until([&] { return json::parse(c.get("/v1/servers/" + id).body)["status"] == "healthy"; }, 5s));
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = c.post("/v1/chat/completions", R"({"model":"m","messages":[]})");
+  CHECK(r.status == 200);
+  CHECK(r.body.empty());
+  CHECK(std::chrono::steady_clock::now() - t0 < 2s);
 }
