@@ -185,18 +185,35 @@ private:
   void up_connect() {
     beast::error_code ec;
     auto address = asio::ip::make_address(up_addr_.host, ec);
-    if (ec) {
-      // Host names are resolved synchronously: registered servers are
-      // normally addresses, and a name costs one lookup per new connection.
-      tcp::resolver resolver{stream_.get_executor()};
-      auto results = resolver.resolve(up_addr_.host, up_addr_.port, ec);
-      if (ec || results.empty())
-        return proxy_finish(proxy_result::kind::connect_failed, 0,
-                            "cannot resolve " + up_addr_.host + ": " + ec.message());
-      up_endpoints_.assign(results.begin(), results.end());
-    } else {
+    if (!ec) {
       up_endpoints_.assign(1, tcp::endpoint{address, static_cast<unsigned short>(std::stoul(up_addr_.port))});
+      return up_connect_endpoints();
     }
+    // A host name: looked up asynchronously, under the connect timeout (the
+    // resolver has no deadline of its own, so a timer cancels it).
+    up_resolver_.emplace(stream_.get_executor());
+    up_resolve_timer_.emplace(stream_.get_executor());
+    up_resolve_timer_->expires_after(up_req_.connect_timeout);
+    up_resolve_timer_->async_wait([self = shared_from_this()](beast::error_code e) {
+      if (!e && self->up_resolver_)
+        self->up_resolver_->cancel();
+    });
+    up_resolver_->async_resolve(
+      up_addr_.host, up_addr_.port,
+      [self = shared_from_this()](beast::error_code e, tcp::resolver::results_type results) {
+        self->up_resolve_timer_->cancel();
+        if (e == asio::error::operation_aborted)
+          return self->proxy_finish(proxy_result::kind::connect_failed, 0,
+                                    "name lookup of " + self->up_addr_.host + " timed out");
+        if (e || results.empty())
+          return self->proxy_finish(proxy_result::kind::connect_failed, 0,
+                                    "cannot resolve " + self->up_addr_.host + ": " + e.message());
+        self->up_endpoints_.assign(results.begin(), results.end());
+        self->up_connect_endpoints();
+      });
+  }
+
+  void up_connect_endpoints() {
     up_.emplace(stream_.get_executor());
     up_->expires_after(up_req_.connect_timeout);
     up_->async_connect(up_endpoints_, [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
@@ -643,6 +660,8 @@ private:
   server_url_parts up_addr_;
   std::optional<beast::tcp_stream> up_;
   std::vector<tcp::endpoint> up_endpoints_;
+  std::optional<tcp::resolver> up_resolver_;
+  std::optional<asio::steady_timer> up_resolve_timer_;
   beast::flat_buffer up_buffer_;
   std::optional<http::response_parser<http::buffer_body>> up_parser_;
   std::array<char, 16 * 1024> up_chunk_{};

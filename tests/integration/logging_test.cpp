@@ -139,3 +139,18 @@ TEST_CASE("an upstream answer without a body is relayed at once", "[gateway][int
   CHECK(r.body.empty());
   CHECK(std::chrono::steady_clock::now() - t0 < 2s);
 }
+
+TEST_CASE("a server registered by host name is reached through the gateway", "[gateway][integration]") {
+  daemon_process mock(MOCK_SERVER_PATH, {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"});
+  daemon_process d(MODELGATED_PATH, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db",
+                                     "--health-interval", "0.2", "--health-timeout", "0.2"});
+  http_client c{"127.0.0.1", d.port()};
+  auto url = "http://localhost:" + std::to_string(mock.port());
+  auto reg = c.post("/v1/servers", json{{"url", url}, {"models", {"m"}}}.dump());
+  REQUIRE(reg.status == 201);
+  auto id = json::parse(reg.body)["id"].get<std::string>();
+  REQUIRE(wait_until([&] { return json::parse(c.get("/v1/servers/" + id).body)["status"] == "healthy"; }, 5s));
+  auto r = c.post("/v1/chat/completions", R"({"model":"m","messages":[]})");
+  CHECK(r.status == 200);
+  CHECK(r.header("x-modelgate-server") == id);
+}
