@@ -19,16 +19,22 @@ if [ "${1:-}" = "--demo" ]; then
   shift
 fi
 
-source tools/deps.sh
-install_missing_packages
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMODELGATE_TESTS=OFF
-targets=(modelgated modelgatectl)
-if [ "$demo" -eq 1 ]; then
-  targets+=(mock-model-server)
+# MODELGATE_BUILD_DIR (default build) and MODELGATE_SKIP_SETUP=1 (no install,
+# no build: the binaries are there) serve the demo's own test.
+build_dir="${MODELGATE_BUILD_DIR:-build}"
+if [ "${MODELGATE_SKIP_SETUP:-0}" != "1" ]; then
+  source tools/deps.sh
+  install_missing_packages
+  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMODELGATE_TESTS=OFF
+  targets=(modelgated modelgatectl)
+  if [ "$demo" -eq 1 ]; then
+    targets+=(mock-model-server)
+  fi
+  cmake --build "$build_dir" -j"$(nproc)" --target "${targets[@]}"
 fi
-cmake --build build -j"$(nproc)" --target "${targets[@]}"
+bin="$build_dir/bin"
 if [ "$demo" -eq 0 ]; then
-  exec build/bin/modelgated "$@"
+  exec "$bin/modelgated" "$@"
 fi
 
 # -- the demo -------------------------------------------------------------------
@@ -103,7 +109,7 @@ start_mock() {
     model_args+=(--model "$model")
   done
   local out="$demo_tmp/$name.out"
-  build/bin/mock-model-server --listen 127.0.0.1:0 --control 127.0.0.1:0 "${model_args[@]}" \
+  "$bin/mock-model-server" --listen 127.0.0.1:0 --control 127.0.0.1:0 "${model_args[@]}" \
     >"$out" 2>"$out.err" &
   local pid=$!
   mock_pids+=("$pid")
@@ -138,13 +144,13 @@ daemon_args+=("$@")
 
 # The daemon's log goes to the terminal (stderr); its stdout, with the
 # address it listens on, to a file read here.
-build/bin/modelgated "${daemon_args[@]}" >"$demo_tmp/daemon.out" &
+"$bin/modelgated" "${daemon_args[@]}" >"$demo_tmp/daemon.out" &
 daemon_pid=$!
 base="$(wait_for_line "$demo_tmp/daemon.out" "$daemon_pid" \
   '^modelgate listening on \(http://.*\)$' "modelgated")"
 
-ctl=(build/bin/modelgatectl)
-ctl_shown="build/bin/modelgatectl"
+ctl=("$bin/modelgatectl")
+ctl_shown="$bin/modelgatectl"
 if [ "$base" != "http://127.0.0.1:8080" ]; then
   ctl+=(--url "$base")
   ctl_shown+=" --url $base"
@@ -161,7 +167,7 @@ fi
 cat <<EOF
 
 ================================ modelgate demo ================================
-modelgated  $base   (build/bin/modelgated ${daemon_args[*]})
+modelgated  $base   ($bin/modelgated ${daemon_args[*]})
 mock-a      http://127.0.0.1:$a_port  $a_id  models llama-3-8b, shared-model
 mock-b      http://127.0.0.1:$b_port  $b_id  models qwen-2.5-7b, shared-model
 
