@@ -30,6 +30,36 @@ std::vector<json> json_lines(const std::string& text) {
   return out;
 }
 
+/// A daemon probing every 0.2 s and one mock registered under model "m",
+/// probed healthy: what the gateway cases below start from.
+struct one_server {
+  daemon_process mock;
+  daemon_process d;
+  http_client c;
+  std::string id;
+
+  explicit one_server(std::vector<std::string> mock_args = {}, const std::string& host = "127.0.0.1",
+                      const json& extra = json::object())
+    : mock(MOCK_SERVER_PATH, with(std::move(mock_args))),
+      d(MODELGATED_PATH, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db", "--health-interval",
+                          "0.2", "--health-timeout", "0.2"}),
+      c("127.0.0.1", d.port()) {
+    json body = {{"url", "http://" + host + ":" + std::to_string(mock.port())}, {"models", {"m"}}};
+    body.update(extra);
+    auto reg = c.post("/v1/servers", body.dump());
+    REQUIRE(reg.status == 201);
+    id = json::parse(reg.body)["id"].get<std::string>();
+    REQUIRE(wait_until([&] { return json::parse(c.get("/v1/servers/" + id).body)["status"] == "healthy"; },
+                       5s));
+  }
+
+  static std::vector<std::string> with(std::vector<std::string> extra) {
+    std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  }
+};
+
 } // namespace
 
 TEST_CASE("with --log-format json the daemon writes one object per line, access lines without secrets",
@@ -99,15 +129,8 @@ TEST_CASE("with --log-level warning no INFO line is written", "[logging][integra
 
 TEST_CASE("a hostile x-request-id is replaced, logged safely, and never crashes the daemon",
           "[logging][integration]") {
-  daemon_process mock(MOCK_SERVER_PATH, {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"});
-  daemon_process d(MODELGATED_PATH, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db",
-                                     "--health-interval", "0.2", "--health-timeout", "0.2"});
-  http_client c{"127.0.0.1", d.port()};
-  auto url = "http://127.0.0.1:" + std::to_string(mock.port());
-  auto reg = c.post("/v1/servers", json{{"url", url}, {"models", {"m"}}}.dump());
-  REQUIRE(reg.status == 201);
-  auto id = json::parse(reg.body)["id"].get<std::string>();
-  REQUIRE(wait_until([&] { return json::parse(c.get("/v1/servers/" + id).body)["status"] == "healthy"; }, 5s));
+  one_server s;
+  auto& c = s.c;
   for (const std::string& hostile : {std::string{"\xff a=\"b\""}, std::string(4000, 'x'),
                                      std::string{"ok-id-123"}}) {
     auto r = c.post("/v1/chat/completions", R"({"model":"m","messages":[]})",
@@ -122,17 +145,8 @@ TEST_CASE("a hostile x-request-id is replaced, logged safely, and never crashes 
 }
 
 TEST_CASE("an upstream answer without a body is relayed at once", "[gateway][integration]") {
-  daemon_process mock(MOCK_SERVER_PATH,
-                      {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--mode", "empty_body"});
-  daemon_process d(MODELGATED_PATH, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db",
-                                     "--health-interval", "0.2", "--health-timeout", "0.2"});
-  http_client c{"127.0.0.1", d.port()};
-  auto url = "http://127.0.0.1:" + std::to_string(mock.port());
-  auto reg = c.post("/v1/servers",
-                    json{{"url", url}, {"models", {"m"}}, {"health_expect", "status"}}.dump());
-  REQUIRE(reg.status == 201);
-  auto id = json::parse(reg.body)["id"].get<std::string>();
-  REQUIRE(wait_until([&] { return json::parse(c.get("/v1/servers/" + id).body)["status"] == "healthy"; }, 5s));
+  one_server s({"--mode", "empty_body"}, "127.0.0.1", {{"health_expect", "status"}});
+  auto& c = s.c;
   auto t0 = std::chrono::steady_clock::now();
   auto r = c.post("/v1/chat/completions", R"({"model":"m","messages":[]})");
   CHECK(r.status == 200);
@@ -141,16 +155,8 @@ TEST_CASE("an upstream answer without a body is relayed at once", "[gateway][int
 }
 
 TEST_CASE("a server registered by host name is reached through the gateway", "[gateway][integration]") {
-  daemon_process mock(MOCK_SERVER_PATH, {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"});
-  daemon_process d(MODELGATED_PATH, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db",
-                                     "--health-interval", "0.2", "--health-timeout", "0.2"});
-  http_client c{"127.0.0.1", d.port()};
-  auto url = "http://localhost:" + std::to_string(mock.port());
-  auto reg = c.post("/v1/servers", json{{"url", url}, {"models", {"m"}}}.dump());
-  REQUIRE(reg.status == 201);
-  auto id = json::parse(reg.body)["id"].get<std::string>();
-  REQUIRE(wait_until([&] { return json::parse(c.get("/v1/servers/" + id).body)["status"] == "healthy"; }, 5s));
-  auto r = c.post("/v1/chat/completions", R"({"model":"m","messages":[]})");
+  one_server s({}, "localhost");
+  auto r = s.c.post("/v1/chat/completions", R"({"model":"m","messages":[]})");
   CHECK(r.status == 200);
-  CHECK(r.header("x-modelgate-server") == id);
+  CHECK(r.header("x-modelgate-server") == s.id);
 }
