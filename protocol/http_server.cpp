@@ -607,6 +607,7 @@ private:
 
   void fail_request(int status, std::string message) {
     keep_alive_ = false;
+    linger_ = true; // the client may still be sending the body we refused
     http_response r;
     r.status = status;
     r.body = error_body({status == 413 ? errc::payload_too_large : errc::invalid_request,
@@ -634,6 +635,8 @@ private:
   }
 
   void on_write(beast::error_code ec) {
+    if (!ec && linger_)
+      return do_linger_close();
     if (ec || !keep_alive_)
       return do_close();
     if (buffer_.size() > 0)
@@ -647,6 +650,25 @@ private:
     stream_.close();
   }
 
+  /// After an error answer to a request whose body was not read: closing at
+  /// once with unread bytes would make the kernel send a reset, which can
+  /// destroy the answer before the client reads it. So: FIN first, then read
+  /// and drop what the client still sends, for at most a second.
+  void do_linger_close() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream_.expires_after(std::chrono::seconds(1));
+    drain();
+  }
+
+  void drain() {
+    stream_.async_read_some(asio::buffer(watch_buf_), [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec)
+        return self->stream_.close();
+      self->drain();
+    });
+  }
+
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
@@ -654,6 +676,7 @@ private:
   http_request request_;
   bool reject_;
   bool keep_alive_ = true;
+  bool linger_ = false; // close gracefully after the answer (see do_linger_close)
   // gateway state, valid during a proxy try
   proxy_request up_req_;
   proxy_callback up_done_;

@@ -545,7 +545,9 @@ struct three_servers {
 
   /// 9 concurrent slow requests for "m": true when they land 3/3/3. Retried
   /// (up to `limit`) only to let a release that is still on its way land.
-  bool lands_evenly(std::chrono::milliseconds limit = 0ms) {
+  // Tries again within `limit` when a load spike on the test machine made one
+  // round uneven; a leaked in-flight count skews every round, so it still fails.
+  bool lands_evenly(std::chrono::milliseconds limit = 3000ms) {
     set_all({{"mode", "slow"}, {"slow_ms", 500}});
     auto deadline = clock_type::now() + limit;
     bool even = false;
