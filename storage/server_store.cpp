@@ -67,6 +67,18 @@ std::optional<T> column_opt(SQLite::Statement& st, int index) {
     return static_cast<T>(st.getColumn(index).getInt64());
 }
 
+/// Binds the health columns — status, consecutive_failures, last_check_at,
+/// last_response_time_ms, last_error, last_error_kind — to the parameters
+/// `first` .. `first + 5`, in that order, in both the upsert and the update.
+void bind_health_fields(SQLite::Statement& st, int first, const server_record& r) {
+  st.bind(first, to_string(r.status));
+  st.bind(first + 1, r.consecutive_failures);
+  bind_opt(st, first + 2, r.last_check_at);
+  bind_opt(st, first + 3, r.last_response_time_ms);
+  bind_opt(st, first + 4, r.last_error);
+  bind_opt(st, first + 5, r.last_error_kind);
+}
+
 } // namespace
 
 struct server_store::impl {
@@ -188,12 +200,7 @@ void server_store::commit(const write_batch& batch, durability level) {
     up.bind(7, to_string(r.expect));
     bind_opt(up, 8, r.api_key);
     up.bind(9, r.is_active ? 1 : 0);
-    up.bind(10, to_string(r.status));
-    up.bind(11, r.consecutive_failures);
-    bind_opt(up, 12, r.last_check_at);
-    bind_opt(up, 13, r.last_response_time_ms);
-    bind_opt(up, 14, r.last_error);
-    bind_opt(up, 15, r.last_error_kind);
+    bind_health_fields(up, 10, r);
     up.bind(16, r.registered_at);
     up.bind(17, r.updated_at);
     bind_opt(up, 18, r.deregistered_at);
@@ -205,12 +212,7 @@ void server_store::commit(const write_batch& batch, durability level) {
     hu.reset();
     hu.clearBindings();
     hu.bind(1, r.id);
-    hu.bind(2, to_string(r.status));
-    hu.bind(3, r.consecutive_failures);
-    bind_opt(hu, 4, r.last_check_at);
-    bind_opt(hu, 5, r.last_response_time_ms);
-    bind_opt(hu, 6, r.last_error);
-    bind_opt(hu, 7, r.last_error_kind);
+    bind_health_fields(hu, 2, r);
     hu.bind(8, r.updated_at);
     hu.exec();
   }
