@@ -27,6 +27,7 @@
 #include <sstream>
 
 #include "harness.hpp"
+#include "mock_process.hpp"
 
 using json = nlohmann::json;
 using namespace mg_test;
@@ -61,59 +62,7 @@ json chat_body(const std::string& model, bool stream = false) {
   return b;
 }
 
-std::string gw_mock_bin() {
-  return MOCK_SERVER_PATH;
-}
-
-/// One mock-model-server (its serving port and its control port).
-struct gw_mock {
-  daemon_process proc;
-  int control_port = 0;
-
-  explicit gw_mock(std::vector<std::string> extra = {})
-    : proc(gw_mock_bin(), with(std::move(extra))) {
-    static const std::regex re(R"(mock-model-server control on http://[^:]+:([0-9]+))");
-    std::smatch m;
-    auto out = proc.stdout_text();
-    REQUIRE(std::regex_search(out, m, re));
-    control_port = std::stoi(m[1].str());
-  }
-
-  static std::vector<std::string> with(std::vector<std::string> extra) {
-    std::vector<std::string> args{"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    return args;
-  }
-
-  int port() const { return proc.port(); }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(proc.port()); }
-
-  json control(const std::string& method = "GET", const std::string& path = "/control",
-               const std::string& body = {}) {
-    http_client c{"127.0.0.1", control_port};
-    auto r = c.request(method, path, body);
-    REQUIRE(r.status == 200);
-    return json::parse(r.body);
-  }
-
-  void set(const json& settings) { control("POST", "/control", settings.dump()); }
-  void set_mode(const std::string& mode) { set({{"mode", mode}}); }
-  void reset() { control("POST", "/control/reset"); }
-
-  int64_t requests(const std::string& path = "/v1/chat/completions") {
-    return control()["requests"].value(path, int64_t{0});
-  }
-  int64_t open_streams() { return control()["open_streams"].get<int64_t>(); }
-
-  /// The last request the mock got on `path`, as the control API shows it.
-  json last_request(const std::string& path = "/v1/chat/completions") {
-    auto j = control();
-    auto& lr = j["last_requests"];
-    if (!lr.is_object() || !lr.contains(path))
-      return json();
-    return lr[path];
-  }
-};
+using gw_mock = mock_process;
 
 /// A modelgated for gateway tests; health probes every `interval` seconds.
 struct gw_daemon {

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "harness.hpp"
+#include "mock_process.hpp"
 
 using json = nlohmann::json;
 using namespace mg_test;
@@ -33,14 +34,14 @@ std::vector<json> json_lines(const std::string& text) {
 /// A daemon probing every 0.2 s and one mock registered under model "m",
 /// probed healthy: what the gateway cases below start from.
 struct one_server {
-  daemon_process mock;
+  mock_process mock;
   daemon_process d;
   http_client c;
   std::string id;
 
   explicit one_server(std::vector<std::string> mock_args = {}, const std::string& host = "127.0.0.1",
                       const json& extra = json::object())
-    : mock(MOCK_SERVER_PATH, with(std::move(mock_args))),
+    : mock(std::move(mock_args)),
       d(MODELGATED_PATH, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db", "--health-interval",
                           "0.2", "--health-timeout", "0.2"}),
       c("127.0.0.1", d.port()) {
@@ -52,25 +53,19 @@ struct one_server {
     REQUIRE(wait_until([&] { return json::parse(c.get("/v1/servers/" + id).body)["status"] == "healthy"; },
                        5s));
   }
-
-  static std::vector<std::string> with(std::vector<std::string> extra) {
-    std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    return args;
-  }
 };
 
 } // namespace
 
 TEST_CASE("with --log-format json the daemon writes one object per line, access lines without secrets",
           "[logging][integration]") {
-  daemon_process mock(MOCK_SERVER_PATH, {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"});
+  mock_process mock;
   daemon_process d(MODELGATED_PATH, {"--listen", "127.0.0.1:0", "--db", "{dir}/m.db",
                                      "--log-format", "json", "--health-interval", "0.2",
                                      "--health-timeout", "0.2", "--admin-token", "admin-secret",
                                      "--api-key", "client-key"});
   http_client c{"127.0.0.1", d.port()};
-  auto url = "http://127.0.0.1:" + std::to_string(mock.port());
+  auto url = mock.url();
   auto reg = c.post("/v1/servers",
                     json{{"url", url}, {"models", {"m"}}, {"api_key", "upstream-secret"}}.dump(),
                     {{"Authorization", "Bearer admin-secret"}});

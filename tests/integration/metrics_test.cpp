@@ -8,6 +8,7 @@
 #include <regex>
 
 #include "harness.hpp"
+#include "mock_process.hpp"
 
 using json = nlohmann::json;
 using namespace mg_test;
@@ -38,14 +39,7 @@ void promtool_accepts(const std::string& body) {
   CHECK(check.exit_code == 0);
 }
 
-struct mock {
-  daemon_process proc;
-  mock() : proc(MOCK_SERVER_PATH, {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"}) {
-  }
-  std::string url() const {
-    return "http://127.0.0.1:" + std::to_string(proc.port());
-  }
-};
+using mock = mock_process;
 
 } // namespace
 

@@ -9,6 +9,7 @@
 #include <regex>
 
 #include "harness.hpp"
+#include "mock_process.hpp"
 
 using json = nlohmann::json;
 using namespace mg_test;
@@ -16,47 +17,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::string mock_bin() {
-  return MOCK_SERVER_PATH;
-}
-
-/// One mock-model-server and a client of its control port.
-struct mock_server {
-  daemon_process proc;
-  int control_port = 0;
-
-  explicit mock_server(const std::string& mode = "healthy")
-    : proc(mock_bin(), {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--mode", mode}) {
-    static const std::regex re(R"(mock-model-server control on http://[^:]+:([0-9]+))");
-    std::smatch m;
-    auto out = proc.stdout_text();
-    REQUIRE(std::regex_search(out, m, re));
-    control_port = std::stoi(m[1].str());
-  }
-
-  std::string url() const {
-    return "http://127.0.0.1:" + std::to_string(proc.port());
-  }
-
-  json control(const std::string& method = "GET", const std::string& path = "/control",
-               const std::string& body = {}) {
-    http_client c{"127.0.0.1", control_port};
-    auto r = c.request(method, path, body);
-    REQUIRE(r.status == 200);
-    return json::parse(r.body);
-  }
-
-  void set_mode(const std::string& mode) {
-    control("POST", "/control", json{{"mode", mode}}.dump());
-  }
-
-  void reset() {
-    control("POST", "/control/reset");
-  }
-
-  int64_t health_requests() {
-    auto j = control();
-    return j["requests"].value("/health", int64_t{0});
+/// A mock-model-server started in fault mode `mode`.
+struct mock_server : mock_process {
+  explicit mock_server(const std::string& mode = "healthy") : mock_process({"--mode", mode}) {
   }
 };
 

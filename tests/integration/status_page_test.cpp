@@ -17,6 +17,7 @@
 #include <regex>
 
 #include "harness.hpp"
+#include "mock_process.hpp"
 
 using json = nlohmann::json;
 using namespace mg_test;
@@ -45,28 +46,7 @@ std::string first_bytes(const std::string& path, size_t n) {
   return bytes;
 }
 
-/// A mock-model-server with its control port.
-struct ui_mock {
-  daemon_process proc;
-  int control_port = 0;
-
-  ui_mock()
-    : proc(MOCK_SERVER_PATH, {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"}) {
-    static const std::regex re(R"(mock-model-server control on http://[^:]+:([0-9]+))");
-    std::smatch m;
-    auto out = proc.stdout_text();
-    REQUIRE(std::regex_search(out, m, re));
-    control_port = std::stoi(m[1].str());
-  }
-
-  std::string url() const {
-    return "http://127.0.0.1:" + std::to_string(proc.port());
-  }
-
-  std::string control_url() const {
-    return "http://127.0.0.1:" + std::to_string(control_port);
-  }
-};
+using ui_mock = mock_process;
 
 /// A daemon probing every 0.3 s that keeps failing servers (max-failures 100),
 /// with an admin token.
