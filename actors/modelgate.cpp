@@ -23,7 +23,7 @@ modelgate_handles spawn_modelgate(caf::actor_system& sys, const modelgate_config
   ro.health = config.health;
   ro.stats_sink = stats;
   handles.registry = spawn_registry(sys, std::move(ro));
-  handles.probes = std::make_shared<probe_runtime>(1);
+  handles.probes = std::make_shared<probe_runtime>();
   supervisor_options so;
   so.registry = handles.registry;
   so.health = config.health;
