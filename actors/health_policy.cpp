@@ -15,9 +15,17 @@ policy_result apply_probe(const server_record& record, uint64_t generation,
                           const probe_outcome& outcome, const health_config& config) {
   policy_result result;
   result.record = record;
-  if (!record.is_active || generation != record.generation)
+  auto step = apply_probe_in_place(result.record, generation, outcome, config);
+  result.transition = step.transition;
+  result.events = std::move(step.events);
+  return result;
+}
+
+policy_step apply_probe_in_place(server_record& rec, uint64_t generation,
+                                 const probe_outcome& outcome, const health_config& config) {
+  policy_step result;
+  if (!rec.is_active || generation != rec.generation)
     return result; // dropped: the server changed since the probe started
-  auto& rec = result.record;
   auto before = rec.status;
   rec.last_check_at = outcome.at;
   // Only a probe that got a whole response has a time to its last byte.

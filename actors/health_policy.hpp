@@ -33,6 +33,17 @@ struct policy_result {
 policy_result apply_probe(const server_record& record, uint64_t generation,
                           const probe_outcome& outcome, const health_config& config);
 
+/// What applying an outcome did, for the in-place form below.
+struct policy_step {
+  health_transition transition = health_transition::dropped;
+  std::vector<server_event> events;
+};
+
+/// The same policy applied to `record` in place: the registry applies 10,000
+/// outcomes a second and must not copy a whole record for each.
+policy_step apply_probe_in_place(server_record& record, uint64_t generation,
+                                 const probe_outcome& outcome, const health_config& config);
+
 /// A gateway-observed failure: `unhealthy` at once, without counting toward
 /// deregistration (the next successful probe clears it).
 policy_result apply_passive_failure(const server_record& record, uint64_t generation,

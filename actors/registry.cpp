@@ -31,9 +31,12 @@ struct registry_state {
   // (registrations, deregistrations...) commit at once and durably; changes
   // of health fields alone (probe results) gather for up to a second and
   // commit without fsync, so 10,000 results a second cost a few commits.
-  // Ids only: the commit writes each record as it is in memory by then.
+  // Ids and pointers only: the commit writes each record as it is in memory
+  // by then (records are never erased from `servers`, so the pointers stay
+  // valid; a reload clears these first). Health changes are a vector, not a
+  // set: one push per probe result, duplicates dropped at commit.
   std::unordered_set<std::string> pending_full;
-  std::unordered_set<std::string> pending_health;
+  std::vector<const server_record*> pending_health;
   std::vector<server_event> pending_events;
   std::vector<commit_waiter> waiters;
   bool commit_scheduled = false;        // a commit_atom is on its way
@@ -85,12 +88,10 @@ void stage(registry_self self, const server_record& rec, std::optional<server_ev
   if (notify)
     for (const auto& l : st.listeners)
       self->send(l, changed_atom::value, rec);
-  if (kind == change_kind::whole_record || st.pending_full.count(rec.id) > 0) {
-    st.pending_full.insert(rec.id);
-    st.pending_health.erase(rec.id);
-  } else {
-    st.pending_health.insert(rec.id);
-  }
+  if (kind == change_kind::whole_record)
+    st.pending_full.insert(rec.id); // covers any pending health change too
+  else
+    st.pending_health.push_back(&rec);
   if (ev)
     st.pending_events.push_back(std::move(*ev));
   if (kind == change_kind::whole_record) {
@@ -115,9 +116,13 @@ caf::error commit_now(registry_self self) {
     batch.records.reserve(st.pending_full.size());
     for (const auto& id : st.pending_full)
       batch.records.push_back(st.servers.at(id));
-    batch.health.reserve(st.pending_health.size());
-    for (const auto& id : st.pending_health)
-      batch.health.push_back(st.servers.at(id));
+    auto& health = st.pending_health;
+    std::sort(health.begin(), health.end());
+    health.erase(std::unique(health.begin(), health.end()), health.end());
+    batch.health.reserve(health.size());
+    for (const auto* rec : health)
+      if (st.pending_full.count(rec->id) == 0)
+        batch.health.push_back(rec);
     batch.events = std::move(st.pending_events);
     auto level = batch.records.empty() ? durability::normal : durability::full;
     st.pending_full.clear();
@@ -203,7 +208,7 @@ bool apply_outcome(registry_self self, const std::string& id, uint64_t generatio
   if (it == st.servers.end())
     return false;
   auto was = it->second.status;
-  auto result = apply_probe(it->second, generation, outcome, st.health);
+  auto result = apply_probe_in_place(it->second, generation, outcome, st.health);
   if (result.transition == health_transition::dropped)
     return false;
   ++st.stats.checks_total;
@@ -211,16 +216,15 @@ bool apply_outcome(registry_self self, const std::string& id, uint64_t generatio
     st.stats_sink->health_check_duration.observe(*outcome.response_time_ms / 1000.0);
   if (!outcome.healthy)
     ++st.stats.failures_total;
-  it->second = std::move(result.record);
   const auto& rec = it->second;
-  if (!outcome.healthy) {
+  if (!outcome.healthy && log_enabled(log_level::warning)) {
     auto fields = server_fields(rec);
     fields["consecutive_failures"] = rec.consecutive_failures;
     fields["max_failures"] = st.health.max_failures;
     fields["error_kind"] = outcome.error_kind;
     fields["error"] = outcome.error;
     log(log_level::warning, "server is unhealthy", fields);
-  } else {
+  } else if (outcome.healthy) {
     // A recovery is news to an operator; a routine success is debug detail.
     auto level = was == server_status::unhealthy ? log_level::info : log_level::debug;
     if (log_enabled(level)) {

@@ -208,12 +208,12 @@ void server_store::commit(const write_batch& batch, durability level) {
     up.exec();
   }
   auto& hu = *impl_->update_health;
-  for (const auto& r : batch.health) {
+  for (const auto* r : batch.health) {
     hu.reset();
     hu.clearBindings();
-    hu.bind(1, r.id);
-    bind_health_fields(hu, 2, r);
-    hu.bind(8, r.updated_at);
+    hu.bind(1, r->id);
+    bind_health_fields(hu, 2, *r);
+    hu.bind(8, r->updated_at);
     hu.exec();
   }
   auto& ins = *impl_->insert_event;

@@ -20,8 +20,9 @@ namespace mg {
 struct write_batch {
   std::vector<server_record> records; // inserted or replaced whole, by id
   /// Records whose health fields alone changed (status, failures, last_*,
-  /// updated_at): a narrow UPDATE, much cheaper than a whole row.
-  std::vector<server_record> health;
+  /// updated_at): a narrow UPDATE, much cheaper than a whole row. Not owned:
+  /// the records must outlive the commit (the registry's own map entries).
+  std::vector<const server_record*> health;
   std::vector<server_event> events; // appended
 
   bool empty() const {

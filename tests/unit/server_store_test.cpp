@@ -116,7 +116,7 @@ TEST_CASE("a health update changes only the health fields", "[store]") {
   probed.last_response_time_ms = 3.5;
   probed.updated_at = 7000;
   probed.models = {"changed-in-memory-only"}; // not a health field: not written
-  store.commit({{}, {probed}, {{r.id, 7000, "healthy", std::nullopt}}}, durability::normal);
+  store.commit({{}, {&probed}, {{r.id, 7000, "healthy", std::nullopt}}}, durability::normal);
   auto all = store.load_all();
   REQUIRE(all.size() == 1);
   CHECK(all[0].status == server_status::healthy);
