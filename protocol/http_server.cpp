@@ -35,6 +35,105 @@ using tcp = asio::ip::tcp;
 
 namespace {
 
+// Sockets, timers and resolvers bound to an io_context's own executor type:
+// the polymorphic any_io_executor costs a copy and a destroy per handler.
+using executor_type = asio::io_context::executor_type;
+using socket_type = asio::basic_stream_socket<tcp, executor_type>;
+using timer_type = asio::basic_waitable_timer<std::chrono::steady_clock,
+                                              asio::wait_traits<std::chrono::steady_clock>, executor_type>;
+using resolver_type = asio::ip::basic_resolver<tcp, executor_type>;
+using clock_type = std::chrono::steady_clock;
+
+/// The deadline of one socket, without a timer operation per read or write:
+/// `set` stores the time; the timer is armed only when idle or when the new
+/// deadline is earlier than the armed one, and when it fires it re-checks
+/// the stored deadline (re-arming for a later one). On expiry the owner
+/// closes the socket, so pending operations complete at once; `expired()`
+/// tells their handlers why. Beast's tcp_stream arms and cancels a timer on
+/// every operation, which cost several microseconds per proxied request.
+class socket_deadline {
+public:
+  explicit socket_deadline(executor_type ex) : timer_(ex) {
+  }
+
+  /// Expire `after` from now. `owner` is a weak handle of the object that
+  /// holds this deadline (it is locked while the timer's handler runs);
+  /// `on_expire(owner)` runs on the socket's thread.
+  template <class Owner, class OnExpire>
+  void set(clock_type::duration after, const std::weak_ptr<Owner>& owner, OnExpire on_expire) {
+    expired_ = false;
+    due_ = clock_type::now() + after;
+    if (armed_ <= due_)
+      return; // the armed wait fires first and re-checks
+    arm(owner, std::move(on_expire));
+  }
+
+  void clear() {
+    due_ = clock_type::time_point::max();
+  }
+
+  /// Stops the timer for good (the socket is closing).
+  void cancel() {
+    due_ = clock_type::time_point::max();
+    armed_ = clock_type::time_point::max();
+    timer_.cancel();
+  }
+
+  bool expired() const {
+    return expired_;
+  }
+
+private:
+  template <class Owner, class OnExpire>
+  void arm(const std::weak_ptr<Owner>& owner, OnExpire on_expire) {
+    armed_ = due_;
+    timer_.expires_at(due_);
+    timer_.async_wait([this, owner, on_expire = std::move(on_expire)](beast::error_code ec) mutable {
+      if (ec)
+        return; // re-armed or cancelled: `this` may be gone, touch nothing
+      auto alive = owner.lock();
+      if (!alive)
+        return;
+      armed_ = clock_type::time_point::max();
+      if (due_ == clock_type::time_point::max())
+        return; // cleared meanwhile
+      if (clock_type::now() < due_)
+        return arm(owner, std::move(on_expire)); // moved later meanwhile
+      expired_ = true;
+      due_ = clock_type::time_point::max();
+      on_expire(*alive);
+    });
+  }
+
+  timer_type timer_;
+  clock_type::time_point due_ = clock_type::time_point::max();
+  clock_type::time_point armed_ = clock_type::time_point::max();
+  bool expired_ = false;
+};
+
+/// Appends `name: value\r\n`.
+void add_header(std::string& out, std::string_view name, std::string_view value) {
+  out.append(name.data(), name.size());
+  out += ": ";
+  out.append(value.data(), value.size());
+  out += "\r\n";
+}
+
+/// The status line of an HTTP/1.1 response.
+void add_status_line(std::string& out, int status) {
+  out += "HTTP/1.1 ";
+  out += std::to_string(status);
+  out += ' ';
+  auto reason = http::obsolete_reason(static_cast<http::status>(status));
+  out.append(reason.data(), reason.size());
+  out += "\r\n";
+}
+
+/// 1xx, 204 and 304 answers carry no body and no Content-Length.
+bool status_has_body(int status) {
+  return status >= 200 && status != 204 && status != 304;
+}
+
 /// Idle keep-alive connections to upstream servers, as native handles so
 /// that any session can adopt one onto its own io_context. Bounded per server.
 class upstream_pool {
@@ -96,8 +195,9 @@ constexpr size_t max_upstream_body = 64u << 20;
 
 class session : public std::enable_shared_from_this<session> {
 public:
-  session(tcp::socket&& socket, std::shared_ptr<shared_state> state, bool reject)
-    : stream_(std::move(socket)), state_(std::move(state)), reject_(reject) {
+  session(socket_type&& socket, std::shared_ptr<shared_state> state, bool reject)
+    : socket_(std::move(socket)), client_deadline_(socket_.get_executor()),
+      up_deadline_(socket_.get_executor()), state_(std::move(state)), reject_(reject) {
     ++state_->open_connections;
   }
 
@@ -105,7 +205,7 @@ public:
     // An upstream connection this client kept warm goes back to the pool.
     if (up_ && up_kept_) {
       beast::error_code ec;
-      int fd = up_->socket().release(ec);
+      int fd = up_->release(ec);
       if (!ec && fd >= 0)
         state_->pool->give(up_addr_.key(), fd);
     }
@@ -113,13 +213,13 @@ public:
   }
 
   void run() {
-    asio::dispatch(stream_.get_executor(),
+    asio::dispatch(socket_.get_executor(),
                    beast::bind_front_handler(&session::on_start, shared_from_this()));
   }
 
   /// Called by exchanges from any thread.
   void send(http_response response) {
-    asio::post(stream_.get_executor(), [self = shared_from_this(), r = std::move(response)]() mutable {
+    asio::post(socket_.get_executor(), [self = shared_from_this(), r = std::move(response)]() mutable {
       self->write(std::move(r));
     });
   }
@@ -130,13 +230,41 @@ public:
 
   /// Called by exchanges from any thread: one try against an upstream.
   void proxy(proxy_request upstream, proxy_callback done) {
-    asio::dispatch(stream_.get_executor(),
+    asio::dispatch(socket_.get_executor(),
                [self = shared_from_this(), up = std::move(upstream), done = std::move(done)]() mutable {
                  self->start_proxy(std::move(up), std::move(done));
                });
   }
 
 private:
+  // -- deadlines ---------------------------------------------------------------
+
+  void client_expires_after(clock_type::duration after) {
+    client_deadline_.set(after, weak_from_this(), [](session& s) {
+      beast::error_code ec;
+      s.socket_.close(ec);
+    });
+  }
+
+  void up_expires_after(clock_type::duration after) {
+    up_deadline_.set(after, weak_from_this(), [](session& s) {
+      if (s.up_resolver_)
+        s.up_resolver_->cancel();
+      if (s.up_) {
+        beast::error_code ec;
+        s.up_->close(ec);
+      }
+    });
+  }
+
+  /// An operation that failed because its socket's deadline closed it.
+  beast::error_code client_ec(beast::error_code ec) const {
+    return ec && client_deadline_.expired() ? beast::error::timeout : ec;
+  }
+  beast::error_code up_ec(beast::error_code ec) const {
+    return ec && up_deadline_.expired() ? beast::error::timeout : ec;
+  }
+
   // -- gateway: one try against an upstream, on this session's thread ---------
 
   void start_proxy(proxy_request upstream, proxy_callback done) {
@@ -144,7 +272,7 @@ private:
     up_done_ = std::move(done);
     relayed_bytes_ = 0;
     auto addr = split_server_url(up_req_.url);
-    if (up_ && up_kept_ && addr.key() == up_addr_.key() && up_->socket().is_open()) {
+    if (up_ && up_kept_ && addr.key() == up_addr_.key() && up_->is_open()) {
       // The connection the last request of this client used: no pool, no
       // epoll re-registration.
       up_kept_ = false;
@@ -155,7 +283,7 @@ private:
     }
     if (up_ && up_kept_) { // kept for another upstream: hand it to the pool
       beast::error_code ec;
-      int fd = up_->socket().release(ec);
+      int fd = up_->release(ec);
       if (!ec && fd >= 0)
         state_->pool->give(up_addr_.key(), fd);
     }
@@ -163,16 +291,16 @@ private:
     up_kept_ = false;
     up_addr_ = std::move(addr);
     relay_done_ = false;
-    relay_res_.reset();
+    relay_status_ = 0;
     if (up_addr_.https)
       return proxy_finish(proxy_result::kind::connect_failed, 0,
                           "https upstreams are not supported yet");
-    up_.emplace(stream_.get_executor());
+    up_.emplace(socket_.get_executor());
     int fd = state_->pool->take(up_addr_.key());
     if (fd >= 0) {
       beast::error_code ec;
       auto address = asio::ip::make_address(up_addr_.host, ec);
-      up_->socket().assign(!ec && address.is_v6() ? tcp::v6() : tcp::v4(), fd, ec);
+      up_->assign(!ec && address.is_v6() ? tcp::v6() : tcp::v4(), fd, ec);
       if (!ec) {
         up_reused_ = true;
         return up_write();
@@ -191,18 +319,13 @@ private:
     }
     // A host name: looked up asynchronously, under the connect timeout (the
     // resolver has no deadline of its own, so a timer cancels it).
-    up_resolver_.emplace(stream_.get_executor());
-    up_resolve_timer_.emplace(stream_.get_executor());
-    up_resolve_timer_->expires_after(up_req_.connect_timeout);
-    up_resolve_timer_->async_wait([self = shared_from_this()](beast::error_code e) {
-      if (!e && self->up_resolver_)
-        self->up_resolver_->cancel();
-    });
+    up_resolver_.emplace(socket_.get_executor());
+    up_expires_after(up_req_.connect_timeout);
     up_resolver_->async_resolve(
       up_addr_.host, up_addr_.port,
-      [self = shared_from_this()](beast::error_code e, tcp::resolver::results_type results) {
-        self->up_resolve_timer_->cancel();
-        if (e == asio::error::operation_aborted)
+      [self = shared_from_this()](beast::error_code e, resolver_type::results_type results) {
+        self->up_deadline_.clear();
+        if (e == asio::error::operation_aborted || self->up_ec(e) == beast::error::timeout)
           return self->proxy_finish(proxy_result::kind::connect_failed, 0,
                                     "name lookup of " + self->up_addr_.host + " timed out");
         if (e || results.empty())
@@ -214,38 +337,50 @@ private:
   }
 
   void up_connect_endpoints() {
-    up_.emplace(stream_.get_executor());
-    up_->expires_after(up_req_.connect_timeout);
-    up_->async_connect(up_endpoints_, [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
+    up_.emplace(socket_.get_executor());
+    up_expires_after(up_req_.connect_timeout);
+    asio::async_connect(*up_, up_endpoints_, [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
+      ec = self->up_ec(ec);
       if (ec == beast::error::timeout)
         return self->proxy_finish(proxy_result::kind::connect_failed, 0, "connect timed out");
       if (ec)
         return self->proxy_finish(proxy_result::kind::connect_failed, 0, "connect: " + ec.message());
       beast::error_code ignored;
-      self->up_->socket().set_option(tcp::no_delay(true), ignored);
+      self->up_->set_option(tcp::no_delay(true), ignored);
       self->up_write();
     });
   }
 
   void up_write() {
-    auto req = std::make_shared<http::request<http::string_body>>(http::verb::post,
-                                                                  up_addr_.base_path + request_.path, 11);
-    req->set(http::field::host, up_addr_.host_header);
-    req->set(http::field::content_type, "application/json");
-    req->set(http::field::accept, up_req_.stream ? "text/event-stream"
-                                                 : (request_.accept.empty() ? "application/json"
-                                                                            : request_.accept));
-    req->set(http::field::user_agent, "modelgate");
-    req->set("x-request-id", up_req_.request_id);
-    if (up_req_.api_key)
-      req->set(http::field::authorization, "Bearer " + *up_req_.api_key);
-    req->body() = request_.body;
-    req->keep_alive(true);
-    req->prepare_payload();
+    // Serialized by hand into a buffer kept between requests, and sent with
+    // the client's body in one gather write: no header container, no copy
+    // of the body.
+    auto& head = up_head_;
+    head.clear();
+    head += "POST ";
+    head += up_addr_.base_path;
+    head += request_.path;
+    head += " HTTP/1.1\r\n";
+    add_header(head, "Host", up_addr_.host_header);
+    add_header(head, "Content-Type", "application/json");
+    add_header(head, "Accept", up_req_.stream ? "text/event-stream"
+                                               : (request_.accept.empty() ? "application/json"
+                                                                          : request_.accept));
+    add_header(head, "User-Agent", "modelgate");
+    add_header(head, "x-request-id", up_req_.request_id);
+    if (up_req_.api_key) {
+      head += "Authorization: Bearer ";
+      head += *up_req_.api_key;
+      head += "\r\n";
+    }
+    add_header(head, "Content-Length", std::to_string(request_.body.size()));
+    head += "\r\n";
     // Sending a large body is bounded like a stall (the idle timeout); the
     // upstream timeout counts from the end of the request to the headers.
-    up_->expires_after(up_req_.idle_timeout);
-    http::async_write(*up_, *req, [self = shared_from_this(), req](beast::error_code ec, size_t) {
+    up_expires_after(up_req_.idle_timeout);
+    std::array<asio::const_buffer, 2> buffers{asio::buffer(up_head_), asio::buffer(request_.body)};
+    asio::async_write(*up_, buffers, [self = shared_from_this()](beast::error_code ec, size_t) {
+      ec = self->up_ec(ec);
       if (ec == beast::error::timeout)
         return self->proxy_finish(proxy_result::kind::timeout, 0, "sending to the upstream timed out");
       if (ec)
@@ -268,7 +403,7 @@ private:
   }
 
   void up_read_header() {
-    up_->expires_after(up_req_.response_timeout);
+    up_expires_after(up_req_.response_timeout);
     up_buffer_.clear();
     up_parser_.emplace();
     up_parser_->body_limit(boost::none);
@@ -279,6 +414,7 @@ private:
   }
 
   void on_up_header(beast::error_code ec, size_t bytes) {
+    ec = up_ec(ec);
     if (ec == beast::error::timeout)
       return proxy_finish(proxy_result::kind::timeout, 0, "no response headers within the upstream timeout");
     if (ec) {
@@ -309,9 +445,10 @@ private:
     char* data = up_chunk_.data();
     up_parser_->get().body().data = data;
     up_parser_->get().body().size = up_chunk_.size();
-    up_->expires_after(up_req_.idle_timeout);
+    up_expires_after(up_req_.idle_timeout);
     http::async_read_some(*up_, up_buffer_, *up_parser_,
                           [self = shared_from_this()](beast::error_code ec, size_t) {
+                            ec = self->up_ec(ec);
                             if (ec == http::error::need_buffer)
                               ec = {};
                             auto n = self->up_chunk_.size() - self->up_parser_->get().body().size;
@@ -350,22 +487,26 @@ private:
     write(std::move(r));
   }
 
-  // Streams: our own chunked response, each upstream chunk written as it comes.
+  // Streams: our own response, each upstream chunk written as it comes;
+  // chunked to HTTP/1.1 clients, ended by closing to HTTP/1.0 ones.
   void relay_start(int status) {
     keep_alive_ = false; // the connection closes after a stream
-    relay_res_ = std::make_shared<http::response<http::empty_body>>(
-      static_cast<http::status>(status), 11);
-    auto& res = *relay_res_;
-    res.set(http::field::server, "modelgate");
-    res.set(http::field::content_type, up_parser_->get()[http::field::content_type]);
-    res.set(http::field::cache_control, "no-cache");
-    res.set("X-Accel-Buffering", "no");
-    add_gateway_headers(res);
-    res.chunked(true);
-    res.keep_alive(false);
-    relay_sr_ = std::make_shared<http::response_serializer<http::empty_body>>(res);
-    stream_.expires_after(up_req_.idle_timeout + state_->options.write_timeout);
-    http::async_write_header(stream_, *relay_sr_, [self = shared_from_this()](beast::error_code ec, size_t) {
+    relay_status_ = status;
+    auto& head = out_head_;
+    head.clear();
+    add_status_line(head, status);
+    add_header(head, "Server", "modelgate");
+    add_header(head, "Content-Type", up_parser_->get()[http::field::content_type]);
+    add_header(head, "Cache-Control", "no-cache");
+    add_header(head, "X-Accel-Buffering", "no");
+    add_header(head, "x-modelgate-server", up_req_.server_id);
+    add_header(head, "x-request-id", up_req_.request_id);
+    if (!client_http10_)
+      add_header(head, "Transfer-Encoding", "chunked");
+    add_header(head, "Connection", "close");
+    head += "\r\n";
+    client_expires_after(up_req_.idle_timeout + state_->options.write_timeout);
+    asio::async_write(socket_, asio::buffer(out_head_), [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec)
         return self->relay_client_gone(ec);
       self->watch_client();
@@ -373,12 +514,29 @@ private:
     });
   }
 
+  /// Writes one piece of a streamed body: as a chunk, or raw to HTTP/1.0.
+  template <class Handler>
+  void write_stream_piece(asio::const_buffer piece, Handler&& handler) {
+    if (client_http10_)
+      asio::async_write(socket_, piece, std::forward<Handler>(handler));
+    else
+      asio::async_write(socket_, http::make_chunk(piece), std::forward<Handler>(handler));
+  }
+
+  /// Ends a streamed body (the last chunk, or nothing for HTTP/1.0), then closes.
+  void end_stream_and_close() {
+    if (client_http10_)
+      return do_close();
+    asio::async_write(socket_, http::make_chunk_last(),
+                      [self = shared_from_this()](beast::error_code, size_t) { self->do_close(); });
+  }
+
   /// A read kept pending on the client socket: a disconnect shows at once,
   /// and the upstream request is closed with it.
   void watch_client() {
     // On the raw socket: a read through the tcp_stream would carry its
     // deadline and end a long but lively stream.
-    stream_.socket().async_read_some(asio::buffer(watch_buf_), [self = shared_from_this()](beast::error_code ec, size_t) {
+    socket_.async_read_some(asio::buffer(watch_buf_), [self = shared_from_this()](beast::error_code ec, size_t) {
       if (self->relay_done_)
         return;
       if (ec)
@@ -394,10 +552,10 @@ private:
       return relay_end();
     up_parser_->get().body().data = up_chunk_.data();
     up_parser_->get().body().size = up_chunk_.size();
-    up_->expires_after(up_req_.idle_timeout);
+    up_expires_after(up_req_.idle_timeout);
     http::async_read_some(*up_, up_buffer_, *up_parser_,
                           [self = shared_from_this()](beast::error_code ec, size_t) {
-                            self->on_relay_read(ec);
+                            self->on_relay_read(self->up_ec(ec));
                           });
   }
 
@@ -408,12 +566,12 @@ private:
       ec = {};
     auto n = up_chunk_.size() - up_parser_->get().body().size;
     if (n > 0) {
-      // Write this piece before reading the next: no buffering beyond it.
-      auto data = std::make_shared<std::string>(up_chunk_.data(), n);
+      // Write this piece before reading the next: no buffering beyond it,
+      // and up_chunk_ stays untouched until the write is done.
       relayed_bytes_ += n;
-      stream_.expires_after(up_req_.idle_timeout + state_->options.write_timeout);
-      asio::async_write(stream_, http::make_chunk(asio::buffer(*data)),
-                        [self = shared_from_this(), data, ec](beast::error_code wec, size_t) {
+      client_expires_after(up_req_.idle_timeout + state_->options.write_timeout);
+      write_stream_piece(asio::buffer(up_chunk_.data(), n),
+                        [self = shared_from_this(), ec](beast::error_code wec, size_t) {
                           if (self->relay_done_) // the client went away meanwhile
                             return;
                           if (wec)
@@ -437,14 +595,12 @@ private:
     auto event = std::make_shared<std::string>(
       sse_error_event(error, stalled ? "upstream_timeout" : "upstream_failed"));
     relay_done_ = true;
-    stream_.expires_after(state_->options.write_timeout);
-    asio::async_write(stream_, http::make_chunk(asio::buffer(*event)),
-                      [self = shared_from_this(), event](beast::error_code wec, size_t) {
-                        if (wec)
-                          return self->do_close();
-                        asio::async_write(self->stream_, http::make_chunk_last(),
-                                          [self](beast::error_code, size_t) { self->do_close(); });
-                      });
+    client_expires_after(state_->options.write_timeout);
+    write_stream_piece(asio::buffer(*event), [self = shared_from_this(), event](beast::error_code wec, size_t) {
+      if (wec)
+        return self->do_close();
+      self->end_stream_and_close();
+    });
     proxy_finish(proxy_result::kind::broken, relayed_status(), error);
   }
 
@@ -452,9 +608,8 @@ private:
     relay_done_ = true;
     bool reusable = up_parser_->get().keep_alive();
     release_upstream(reusable);
-    stream_.expires_after(state_->options.write_timeout);
-    asio::async_write(stream_, http::make_chunk_last(),
-                      [self = shared_from_this()](beast::error_code, size_t) { self->do_close(); });
+    client_expires_after(state_->options.write_timeout);
+    end_stream_and_close();
     proxy_finish(proxy_result::kind::success, static_cast<int>(up_parser_->get().result_int()), {});
   }
 
@@ -470,7 +625,7 @@ private:
 
   /// The status the client got, once the upstream's headers were relayed.
   int relayed_status() const {
-    return relay_res_ ? static_cast<int>(relay_res_->result_int()) : 0;
+    return relay_status_;
   }
 
   /// Puts the upstream connection back in the pool, or closes it.
@@ -481,7 +636,7 @@ private:
     if (reusable && up_parser_ && up_parser_->is_done() && up_buffer_.size() == 0) {
       // Kept on this session for its next request; the pool gets it when
       // the client goes away or wants another upstream.
-      up_->expires_never();
+      up_deadline_.clear();
       up_kept_ = true;
       return;
     }
@@ -490,10 +645,11 @@ private:
 
   void close_upstream() {
     up_kept_ = false;
+    up_deadline_.clear();
     if (up_) {
       beast::error_code ec;
-      up_->socket().shutdown(tcp::socket::shutdown_both, ec);
-      up_->close();
+      up_->shutdown(tcp::socket::shutdown_both, ec);
+      up_->close(ec);
       up_.reset();
     }
   }
@@ -523,8 +679,8 @@ private:
   void do_wait_idle() {
     // Between keep-alive requests: wait for the first byte of the next one
     // under the idle deadline; the header deadline starts with it.
-    stream_.expires_after(state_->options.idle_timeout);
-    stream_.async_read_some(buffer_.prepare(4096),
+    client_expires_after(state_->options.idle_timeout);
+    socket_.async_read_some(buffer_.prepare(4096),
                             beast::bind_front_handler(&session::on_idle_read, shared_from_this()));
   }
 
@@ -539,12 +695,13 @@ private:
     parser_.emplace();
     parser_->header_limit(header_limit);
     parser_->body_limit(boost::none); // set once the target is known
-    stream_.expires_after(state_->options.header_timeout);
-    http::async_read_header(stream_, buffer_, *parser_,
+    client_expires_after(state_->options.header_timeout);
+    http::async_read_header(socket_, buffer_, *parser_,
                             beast::bind_front_handler(&session::on_read_header, shared_from_this()));
   }
 
   void on_read_header(beast::error_code ec, size_t) {
+    ec = client_ec(ec);
     if (ec == http::error::end_of_stream || ec == beast::error::timeout
         || ec == asio::error::connection_reset || ec == asio::error::operation_aborted)
       return do_close();
@@ -552,6 +709,7 @@ private:
       return fail_request(400, "malformed HTTP request: " + ec.message());
     auto& req = parser_->get();
     keep_alive_ = req.keep_alive();
+    client_http10_ = req.version() < 11;
     auto target = req.target();
     auto qpos = target.find('?');
     request_ = http_request{};
@@ -572,8 +730,8 @@ private:
       return dispatch_request();
     if (beast::iequals(req[http::field::expect], "100-continue")) {
       auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_, 11);
-      stream_.expires_after(state_->options.write_timeout);
-      http::async_write(stream_, *cont,
+      client_expires_after(state_->options.write_timeout);
+      http::async_write(socket_, *cont,
                         [self = shared_from_this(), cont](beast::error_code ec, size_t) {
                           if (ec)
                             return self->do_close();
@@ -585,12 +743,13 @@ private:
   }
 
   void do_read_body() {
-    stream_.expires_after(state_->options.body_timeout);
-    http::async_read(stream_, buffer_, *parser_,
+    client_expires_after(state_->options.body_timeout);
+    http::async_read(socket_, buffer_, *parser_,
                      beast::bind_front_handler(&session::on_read_body, shared_from_this()));
   }
 
   void on_read_body(beast::error_code ec, size_t) {
+    ec = client_ec(ec);
     if (ec == http::error::body_limit)
       return fail_request(413, "request body is over the limit of "
                                  + std::to_string(state_->options.body_limit(request_.path))
@@ -616,22 +775,28 @@ private:
   }
 
   void write(http_response r) {
-    stream_.expires_never();
-    auto res = std::make_shared<http::response<http::string_body>>();
-    res->version(11);
-    res->result(static_cast<unsigned>(r.status));
-    res->set(http::field::server, "modelgate");
-    res->set(http::field::content_type, r.content_type);
-    for (auto& [name, value] : r.headers)
-      res->set(name, value);
-    res->body() = std::move(r.body);
-    res->keep_alive(keep_alive_);
-    res->prepare_payload();
-    stream_.expires_after(state_->options.write_timeout);
-    http::async_write(stream_, *res,
-                      [self = shared_from_this(), res](beast::error_code ec, size_t) {
-                        self->on_write(ec);
-                      });
+    // Serialized by hand into buffers kept between requests (Beast's
+    // serializer cost more CPU than the rest of a proxied request's HTTP work).
+    auto& head = out_head_;
+    head.clear();
+    add_status_line(head, r.status);
+    add_header(head, "Server", "modelgate");
+    add_header(head, "Content-Type", r.content_type);
+    for (const auto& [name, value] : r.headers)
+      add_header(head, name, value);
+    if (status_has_body(r.status))
+      add_header(head, "Content-Length", std::to_string(r.body.size()));
+    else
+      r.body.clear();
+    if (!keep_alive_)
+      add_header(head, "Connection", "close");
+    head += "\r\n";
+    out_body_ = std::move(r.body);
+    client_expires_after(state_->options.write_timeout);
+    std::array<asio::const_buffer, 2> buffers{asio::buffer(out_head_), asio::buffer(out_body_)};
+    asio::async_write(socket_, buffers, [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->on_write(ec);
+    });
   }
 
   void on_write(beast::error_code ec) {
@@ -646,8 +811,9 @@ private:
 
   void do_close() {
     beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
-    stream_.close();
+    socket_.shutdown(tcp::socket::shutdown_send, ec);
+    socket_.close(ec);
+    client_deadline_.cancel();
   }
 
   /// After an error answer to a request whose body was not read: closing at
@@ -656,35 +822,40 @@ private:
   /// and drop what the client still sends, for at most a second.
   void do_linger_close() {
     beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
-    stream_.expires_after(std::chrono::seconds(1));
+    socket_.shutdown(tcp::socket::shutdown_send, ec);
+    client_expires_after(std::chrono::seconds(1));
     drain();
   }
 
   void drain() {
-    stream_.async_read_some(asio::buffer(watch_buf_), [self = shared_from_this()](beast::error_code ec, size_t) {
+    socket_.async_read_some(asio::buffer(watch_buf_), [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec)
-        return self->stream_.close();
+        return self->do_close();
       self->drain();
     });
   }
 
-  beast::tcp_stream stream_;
+  socket_type socket_;
+  socket_deadline client_deadline_;
+  socket_deadline up_deadline_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::shared_ptr<shared_state> state_;
   http_request request_;
   bool reject_;
   bool keep_alive_ = true;
+  bool client_http10_ = false; // streams go without chunked encoding
+  std::string out_head_;       // of the response being written
+  std::string out_body_;
   bool linger_ = false; // close gracefully after the answer (see do_linger_close)
   // gateway state, valid during a proxy try
   proxy_request up_req_;
   proxy_callback up_done_;
   server_url_parts up_addr_;
-  std::optional<beast::tcp_stream> up_;
+  std::optional<socket_type> up_;
   std::vector<tcp::endpoint> up_endpoints_;
-  std::optional<tcp::resolver> up_resolver_;
-  std::optional<asio::steady_timer> up_resolve_timer_;
+  std::optional<resolver_type> up_resolver_;
+  std::string up_head_; // the upstream request's head
   beast::flat_buffer up_buffer_;
   std::optional<http::response_parser<http::buffer_body>> up_parser_;
   std::array<char, 16 * 1024> up_chunk_{};
@@ -693,8 +864,7 @@ private:
   bool up_kept_ = false; // up_ is idle, kept for this client's next request
   uint64_t relayed_bytes_ = 0; // of this try's answer body, to the client
   bool relay_done_ = false;
-  std::shared_ptr<http::response<http::empty_body>> relay_res_;
-  std::shared_ptr<http::response_serializer<http::empty_body>> relay_sr_;
+  int relay_status_ = 0; // of the streamed response, once its headers went out
   std::array<char, 512> watch_buf_{};
 };
 
@@ -734,7 +904,7 @@ private:
 };
 
 void session::dispatch_request() {
-  stream_.expires_never();
+  client_deadline_.clear();
   request_.body = std::move(parser_->get().body());
   parser_.reset();
   // The session waits here, reading nothing, until the exchange answers.
@@ -774,12 +944,12 @@ struct http_server::impl {
   void do_accept() {
     // No strand: each io_context has exactly one thread, which serializes a
     // connection's handlers by itself (and posts from other threads are safe).
-    acceptor.async_accept(pick_context().get_executor(), [this](beast::error_code ec, tcp::socket socket) {
+    acceptor.async_accept(pick_context().get_executor(), [this](beast::error_code ec, socket_type socket) {
       on_accept(ec, std::move(socket));
     });
   }
 
-  void on_accept(beast::error_code ec, tcp::socket socket) {
+  void on_accept(beast::error_code ec, socket_type socket) {
     if (ec == asio::error::operation_aborted || !acceptor.is_open())
       return;
     if (ec) {

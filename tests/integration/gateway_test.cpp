@@ -1175,6 +1175,39 @@ TEST_CASE("/v1/completions streams are relayed too", "[gateway][integration]") {
   CHECK(text == "tok0 tok1 tok2 ");
 }
 
+TEST_CASE("an HTTP/1.0 client gets the stream unchunked and ended by a close",
+          "[gateway][integration]") {
+  gw_daemon d;
+  gw_mock mock{{"--chunks", "3"}};
+  auto id = d.register_server(mock.url(), {"m"});
+  REQUIRE(d.wait_status(id, "healthy"));
+
+  tcp_connection c{"127.0.0.1", d.proc.port(), 3000ms};
+  std::string body = R"({"model":"m","stream":true,"messages":[]})";
+  REQUIRE(c.send_all("POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+                     "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body,
+                     3000ms));
+  std::string all;
+  auto deadline = clock_type::now() + 5s;
+  while (clock_type::now() < deadline) {
+    auto got = c.recv_some(1000ms);
+    if (!got || got->empty())
+      break; // closed: the end of an HTTP/1.0 body
+    all += *got;
+  }
+  auto head_end = all.find("\r\n\r\n");
+  REQUIRE(head_end != std::string::npos);
+  auto head = all.substr(0, head_end);
+  auto stream = all.substr(head_end + 4);
+  CHECK(head.rfind("HTTP/1.1 200", 0) == 0);
+  CHECK(head.find("Transfer-Encoding") == std::string::npos);
+  CHECK(head.find("Connection: close") != std::string::npos);
+  CHECK(stream.rfind("data: {", 0) == 0); // no chunk-size line before the first event
+  CHECK(stream.find("tok2 ") != std::string::npos);
+  CHECK(stream.size() >= 14);
+  CHECK(stream.substr(stream.size() - 14) == "data: [DONE]\n\n");
+}
+
 TEST_CASE("a client that disconnects mid-stream closes the upstream stream within 1 s",
           "[gateway][integration]") {
   gw_daemon d;
