@@ -239,6 +239,11 @@ std::variant<registration, api_error> parse_registration(std::string_view body) 
   if (auto key = field("api_key")) {
     if (!key->is_string())
       return invalid("api_key: must be a string");
+    // It is sent in an Authorization header: a CR or LF would inject headers.
+    const auto& k = key->get_ref<const std::string&>();
+    if (std::any_of(k.begin(), k.end(),
+                    [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }))
+      return invalid("api_key: must not contain control characters");
     if (!key->get_ref<const std::string&>().empty())
       reg.api_key = key->get<std::string>();
   }

@@ -93,6 +93,8 @@ const body_case body_cases[] = {
   {R"({"url":"http://h:1","models":["m"],"health_expect":"maybe"})", "health_expect"},
   {R"({"url":"http://h:1","models":["m"],"health_expect":true})", "health_expect"},
   {R"({"url":"http://h:1","models":["m"],"api_key":1})", "api_key"},
+  {R"({"url":"http://h:1","models":["m"],"api_key":"sk\r\nX-Injected: 1"})", "api_key"},
+  {R"({"url":"http://h:1","models":["m"],"api_key":"sk\u0000"})", "api_key"},
 };
 
 } // namespace
