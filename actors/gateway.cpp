@@ -81,6 +81,116 @@ bool usable_request_id(const std::string& id) {
   return true;
 }
 
+/// What the gateway reads from a request body: is it a JSON object, and its
+/// top-level "model" and "stream" (the last of each, as a JSON DOM would keep).
+struct body_fields {
+  bool object = false;
+  std::optional<std::string> model; // when the last "model" is a string
+  bool stream = false;
+};
+
+/// A SAX reader filling body_fields while nlohmann validates the whole body:
+/// no document is built (the messages of a chat request can be large), and
+/// nesting deeper than max_json_depth stops the parse.
+class body_fields_reader {
+public:
+  using json = nlohmann::json;
+
+  explicit body_fields_reader(body_fields& out) : out_(out) {
+  }
+
+  bool too_deep() const {
+    return too_deep_;
+  }
+
+  bool null() {
+    return other_value();
+  }
+  bool boolean(bool v) {
+    if (depth_ == 1 && key_ == top_key::stream) {
+      out_.stream = v;
+      key_ = top_key::other;
+      return true;
+    }
+    return other_value();
+  }
+  bool number_integer(json::number_integer_t) {
+    return other_value();
+  }
+  bool number_unsigned(json::number_unsigned_t) {
+    return other_value();
+  }
+  bool number_float(json::number_float_t, const json::string_t&) {
+    return other_value();
+  }
+  bool string(json::string_t& v) {
+    if (depth_ == 1 && key_ == top_key::model) {
+      out_.model = std::move(v);
+      key_ = top_key::other;
+      return true;
+    }
+    return other_value();
+  }
+  bool binary(json::binary_t&) {
+    return other_value();
+  }
+  bool start_object(std::size_t) {
+    if (depth_ == 0)
+      out_.object = true;
+    else
+      other_value();
+    return enter();
+  }
+  bool end_object() {
+    --depth_;
+    return true;
+  }
+  bool start_array(std::size_t) {
+    other_value();
+    return enter();
+  }
+  bool end_array() {
+    --depth_;
+    return true;
+  }
+  bool key(json::string_t& k) {
+    if (depth_ == 1)
+      key_ = k == "model" ? top_key::model : k == "stream" ? top_key::stream : top_key::other;
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) {
+    return false;
+  }
+
+private:
+  enum class top_key { other, model, stream };
+
+  /// A value that is not the kind its top-level key wants.
+  bool other_value() {
+    if (depth_ == 1) {
+      if (key_ == top_key::model)
+        out_.model.reset();
+      else if (key_ == top_key::stream)
+        out_.stream = false;
+      key_ = top_key::other;
+    }
+    return true;
+  }
+
+  bool enter() {
+    if (++depth_ > max_json_depth) {
+      too_deep_ = true;
+      return false;
+    }
+    return true;
+  }
+
+  body_fields& out_;
+  size_t depth_ = 0;
+  top_key key_ = top_key::other;
+  bool too_deep_ = false;
+};
+
 /// The answer when tries were made and none is left: 504 after a timeout, 502 otherwise.
 api_error exhausted(const proxy_result& last) {
   if (last.what == proxy_result::kind::timeout)
@@ -159,10 +269,11 @@ struct gateway::impl : std::enable_shared_from_this<gateway::impl> {
   }
 
   std::string new_request_id() {
-    char buf[40];
     auto x = ids.fetch_add(0x9e3779b97f4a7c15ULL, std::memory_order_relaxed);
-    std::snprintf(buf, sizeof buf, "req_%016llx", static_cast<unsigned long long>(x));
-    return buf;
+    std::string id = "req_0000000000000000";
+    for (size_t i = id.size(); x != 0; x >>= 4)
+      id[--i] = "0123456789abcdef"[x & 0xf];
+    return id;
   }
 
   void handle(std::shared_ptr<http_exchange> ex) {
@@ -187,17 +298,17 @@ struct gateway::impl : std::enable_shared_from_this<gateway::impl> {
                                                       "use POST on " + req.path}),
                                      "application/json", {{"Allow", "POST"}}});
     }
-    if (!json_depth_within(req.body))
+    body_fields fields;
+    body_fields_reader reader{fields};
+    bool parsed = nlohmann::json::sax_parse(req.body, &reader);
+    if (reader.too_deep())
       return respond_error(ctx, {errc::invalid_request, "request body nests too deeply"});
-    auto doc = nlohmann::json::parse(req.body, nullptr, false);
-    if (doc.is_discarded() || !doc.is_object())
+    if (!parsed || !fields.object)
       return respond_error(ctx, {errc::invalid_request, "request body is not a JSON object"});
-    auto model = doc.find("model");
-    if (model == doc.end() || !model->is_string() || model->get_ref<const std::string&>().empty())
+    if (!fields.model || fields.model->empty())
       return respond_error(ctx, {errc::invalid_request, "model: required string field is missing"});
-    ctx->model = model->get<std::string>();
-    auto stream = doc.find("stream");
-    ctx->stream = stream != doc.end() && stream->is_boolean() && stream->get<bool>();
+    ctx->model = std::move(*fields.model);
+    ctx->stream = fields.stream;
     try_next(ctx);
   }
 };

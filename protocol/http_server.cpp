@@ -271,13 +271,14 @@ private:
     up_req_ = std::move(upstream);
     up_done_ = std::move(done);
     relayed_bytes_ = 0;
-    auto addr = split_server_url(up_req_.url);
-    if (up_ && up_kept_ && addr.key() == up_addr_.key() && up_->is_open()) {
-      // The connection the last request of this client used: no pool, no
-      // epoll re-registration.
+    // The same server as this client's last request (the common case): the
+    // URL was split then, and its kept connection needs no pool and no
+    // epoll re-registration.
+    bool same_url = up_req_.url == up_url_;
+    if (up_ && up_kept_ && same_url && up_->is_open()) {
       up_kept_ = false;
-      up_addr_ = std::move(addr);
       relay_done_ = false;
+      relay_status_ = 0;
       up_reused_ = true;
       return up_write();
     }
@@ -289,7 +290,10 @@ private:
     }
     up_.reset();
     up_kept_ = false;
-    up_addr_ = std::move(addr);
+    if (!same_url) {
+      up_addr_ = split_server_url(up_req_.url);
+      up_url_ = up_req_.url;
+    }
     relay_done_ = false;
     relay_status_ = 0;
     if (up_addr_.https)
@@ -851,7 +855,8 @@ private:
   // gateway state, valid during a proxy try
   proxy_request up_req_;
   proxy_callback up_done_;
-  server_url_parts up_addr_;
+  server_url_parts up_addr_; // of up_url_
+  std::string up_url_;
   std::optional<socket_type> up_;
   std::vector<tcp::endpoint> up_endpoints_;
   std::optional<resolver_type> up_resolver_;
