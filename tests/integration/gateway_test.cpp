@@ -936,6 +936,16 @@ TEST_CASE("gateway errors: each of the contract's status codes in the OpenAI err
       check_error(wrong, 400);
       CHECK(str(parse_or_null(wrong.body)["error"], "message").find("model") !=
             std::string::npos);
+      check_error(d.client.post(path, R"({"model":"m"} trailing)"), 400);
+      check_error(d.client.post(path, R"({"model":"m")"), 400);
+      // Only a top-level "model" counts, and the last one wins, as in a parsed document.
+      check_error(d.client.post(path, R"({"x":{"model":"m"}})"), 400);
+      check_error(d.client.post(path, R"({"model":"m","model":null})"), 400);
+      check_error(d.client.post(path, R"({"model":""})"), 400);
+      std::string deep = R"({"model":"m","x":)" + std::string(100, '[') + std::string(100, ']') + "}";
+      auto nested = d.client.post(path, deep);
+      check_error(nested, 400);
+      CHECK(str(parse_or_null(nested.body)["error"], "message").find("nests") != std::string::npos);
     }
     CHECK(ok.requests() == 0);
   }
