@@ -487,8 +487,10 @@ private:
     release_upstream(reusable);
     auto status = r.status;
     relayed_bytes_ = r.body.size();
-    proxy_finish(proxy_result::kind::success, status, {});
+    // The answer goes out first: the gateway's bookkeeping (metrics, access
+    // log, in-flight counts) is not on the client's critical path.
     write(std::move(r));
+    proxy_finish(proxy_result::kind::success, status, {});
   }
 
   // Streams: our own response, each upstream chunk written as it comes;
