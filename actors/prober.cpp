@@ -13,12 +13,14 @@ int64_t steady_now_ms() {
 
 void schedule_tick_with_caf(const prober_actor& prober, std::chrono::milliseconds delay,
                             uint64_t tick_number) {
-  // Ticks land on shared 10 ms slots of the steady clock, so the ticks of
+  // Ticks land on shared 25 ms slots of the steady clock, so the ticks of
   // thousands of probers fire in bursts: one wake-up of CAF's clock thread
   // (and of a worker, and of the I/O thread) serves a whole slot instead of
-  // one probe. A tick is at most one slot late for it.
+  // one probe. A tick is at most one slot late for it, and probes still
+  // spread over 40 slots a second. (10 ms slots cost 53 µs of CPU per probe
+  // at 1,000 servers, 25 ms slots 32 µs; at 10,000 servers both about 24.)
   using namespace std::chrono;
-  constexpr auto slot = duration_cast<steady_clock::duration>(milliseconds(10));
+  constexpr auto slot = duration_cast<steady_clock::duration>(milliseconds(25));
   auto now = steady_clock::now();
   auto due = (now + delay).time_since_epoch();
   auto slotted = steady_clock::time_point{((due + slot - steady_clock::duration(1)) / slot) * slot};
