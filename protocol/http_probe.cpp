@@ -163,7 +163,7 @@ public:
     req.set(http::field::user_agent, "modelgate-health-check");
     req.set(http::field::accept, "application/json");
     if (target.api_key)
-      req.set(http::field::authorization, "Bearer " + *target.api_key);
+      req.set(http::field::authorization, "Bearer " + header_safe(*target.api_key));
     req.keep_alive(true);
     // The request never changes: serialize it once, send the bytes each time.
     std::ostringstream out;
@@ -269,6 +269,9 @@ private:
     if (ec)
       return retry_or_fail("protocol", "sending the request failed: " + ec.message());
     step_ = step::read;
+    // Bytes left after the last response (a stray CRLF, say) are not part
+    // of this one.
+    buffer_.clear();
     parser_.emplace(body_);
     http::async_read(socket_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code e, size_t bytes) {

@@ -111,11 +111,16 @@ private:
   bool expired_ = false;
 };
 
-/// Appends `name: value\r\n`.
+/// Appends `name: value\r\n`. Values come from validated or parsed input;
+/// a CR or LF that got through anyway becomes a space (see header_safe)
+/// rather than a second header.
 void add_header(std::string& out, std::string_view name, std::string_view value) {
   out.append(name.data(), name.size());
   out += ": ";
-  out.append(value.data(), value.size());
+  if (value.find_first_of("\r\n") == std::string_view::npos)
+    out.append(value.data(), value.size());
+  else
+    out += header_safe(value);
   out += "\r\n";
 }
 
@@ -372,11 +377,8 @@ private:
                                                                           : request_.accept));
     add_header(head, "User-Agent", "modelgate");
     add_header(head, "x-request-id", up_req_.request_id);
-    if (up_req_.api_key) {
-      head += "Authorization: Bearer ";
-      head += *up_req_.api_key;
-      head += "\r\n";
-    }
+    if (up_req_.api_key)
+      add_header(head, "Authorization", "Bearer " + *up_req_.api_key);
     add_header(head, "Content-Length", std::to_string(request_.body.size()));
     head += "\r\n";
     // Sending a large body is bounded like a stall (the idle timeout); the
@@ -419,6 +421,9 @@ private:
 
   void on_up_header(beast::error_code ec, size_t bytes) {
     ec = up_ec(ec);
+    // The deadline covers the upstream read only: writing to a slow client
+    // (the stream's head) must not expire the upstream.
+    up_deadline_.clear();
     if (ec == beast::error::timeout)
       return proxy_finish(proxy_result::kind::timeout, 0, "no response headers within the upstream timeout");
     if (ec) {
@@ -566,6 +571,7 @@ private:
   }
 
   void on_relay_read(beast::error_code ec) {
+    up_deadline_.clear(); // the client write below is not the upstream's stall
     if (relay_done_)
       return;
     if (ec == http::error::need_buffer)

@@ -144,6 +144,14 @@ server_url_parts split_server_url(const std::string& url) {
   return p;
 }
 
+std::string header_safe(std::string_view value) {
+  std::string out{value};
+  for (auto& c : out)
+    if (c == '\r' || c == '\n')
+      c = ' ';
+  return out;
+}
+
 bool json_depth_within(std::string_view body, size_t max_depth) {
   size_t depth = 0;
   bool in_string = false;

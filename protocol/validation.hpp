@@ -38,6 +38,11 @@ server_url_parts split_server_url(const std::string& url);
 
 /// The deepest nesting of arrays and objects a JSON body may have; deeper
 /// bodies are refused before parsing (recursion in JSON code is bounded by it).
+/// `value` with every CR and LF turned into a space, for an HTTP header
+/// value: input validation keeps them out, this keeps out what got in anyway
+/// (an api_key stored before keys were validated).
+std::string header_safe(std::string_view value);
+
 constexpr size_t max_json_depth = 64;
 
 /// True when `body` nests arrays/objects at most `max_depth` deep (strings

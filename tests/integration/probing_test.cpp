@@ -6,7 +6,15 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <regex>
+#include <thread>
 
 #include "harness.hpp"
 #include "mock_process.hpp"
@@ -168,6 +176,101 @@ TEST_CASE("health_expect status accepts an empty 200 that json rejects", "[probi
   auto as_json = d.register_server(other.url());
   REQUIRE(d.wait_status(as_json, "unhealthy"));
   CHECK(d.record(as_json)["last_error_kind"] == "invalid_body");
+}
+
+namespace {
+
+/// A keep-alive health server on loopback that answers every request on a
+/// connection with `{}` followed by a stray CRLF (a quirk some servers have),
+/// and counts the requests it answered.
+class sloppy_server {
+public:
+  sloppy_server() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(fd_, 8) == 0);
+    socklen_t len = sizeof a;
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~sloppy_server() {
+    stop_ = true;
+    thread_.join();
+    ::close(fd_);
+  }
+  std::string url() const {
+    return "http://127.0.0.1:" + std::to_string(port_);
+  }
+  int answered() const {
+    return answered_;
+  }
+
+private:
+  void serve() {
+    std::vector<pollfd> fds{{fd_, POLLIN, 0}};
+    std::vector<std::string> pending{""};
+    while (!stop_) {
+      if (::poll(fds.data(), fds.size(), 50) <= 0)
+        continue;
+      for (size_t i = 0; i < fds.size(); ++i) {
+        if (!(fds[i].revents & (POLLIN | POLLHUP)))
+          continue;
+        if (i == 0) {
+          int c = ::accept(fd_, nullptr, nullptr);
+          if (c >= 0) {
+            fds.push_back({c, POLLIN, 0});
+            pending.emplace_back();
+          }
+          continue;
+        }
+        char buf[4096];
+        auto n = ::read(fds[i].fd, buf, sizeof buf);
+        if (n <= 0) {
+          ::close(fds[i].fd);
+          fds[i].fd = -1; // poll ignores it from now on
+          continue;
+        }
+        pending[i].append(buf, static_cast<size_t>(n));
+        for (auto end = pending[i].find("\r\n\r\n"); end != std::string::npos;
+             end = pending[i].find("\r\n\r\n")) {
+          pending[i].erase(0, end + 4);
+          const std::string answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                     "Content-Length: 2\r\n\r\n{}\r\n";
+          (void)!::write(fds[i].fd, answer.data(), answer.size());
+          ++answered_;
+        }
+      }
+    }
+    for (size_t i = 1; i < fds.size(); ++i)
+      if (fds[i].fd >= 0)
+        ::close(fds[i].fd);
+  }
+
+  int fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> answered_{0};
+  std::thread thread_;
+};
+
+} // namespace
+
+TEST_CASE("stray bytes after a kept-alive health response do not fail the next probe",
+          "[probing][integration]") {
+  probing_daemon d{"0.1", "0.1"};
+  sloppy_server server;
+  auto id = d.register_server(server.url());
+  REQUIRE(d.wait_status(id, "healthy"));
+  REQUIRE(wait_until([&] { return server.answered() >= 6; }, 5s));
+  auto rec = d.record(id);
+  CHECK(rec["status"] == "healthy");
+  CHECK(rec["consecutive_failures"] == 0);
+  for (const auto& e : d.events(id))
+    CHECK(e["event"] != "unhealthy");
 }
 
 TEST_CASE("the api_key of a server is sent on its probes", "[probing][integration]") {

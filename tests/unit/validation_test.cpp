@@ -137,3 +137,9 @@ TEST_CASE("deeply nested bodies are refused before parsing", "[validation]") {
   CHECK(json_depth_within(R"({"a":"\"[[["})", 2));
   CHECK_FALSE(json_depth_within("[[[", 2));
 }
+
+TEST_CASE("header values never carry a CR or LF", "[validation]") {
+  CHECK(header_safe("sk-plain") == "sk-plain");
+  CHECK(header_safe("sk\r\nX-Injected: 1") == "sk  X-Injected: 1");
+  CHECK(header_safe("") == "");
+}
