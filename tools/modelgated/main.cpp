@@ -43,11 +43,11 @@ int run(const mg::modelgate_config& cfg) {
   std::signal(SIGPIPE, SIG_IGN);
 
   caf::actor_system_config sys_cfg;
-  // One worker: the actors only route messages (the registry has its own
-  // thread, HTTP and probes their own I/O threads), and a second worker cost
-  // about 10 % more CPU per probe at 10,000 servers in threads waking each
-  // other and contending for the shared queue.
-  sys_cfg.set("scheduler.max-threads", 1);
+  // Two workers. One worker cost about 10 % less CPU per probe at 10,000
+  // servers (fewer threads waking each other), but admin requests then
+  // queue behind thousands of prober jobs: registrations at 64 clients fell
+  // from 11,700/s to 3,400/s (tools/bench/register_bench.cpp).
+  sys_cfg.set("scheduler.max-threads", 2);
   // The work-stealing default polls idle workers every 50 µs: measurable CPU
   // per probe on an idle-heavy daemon. The sharing policy sleeps on a
   // condition variable instead.
