@@ -258,7 +258,9 @@ admin_api_actor::behavior_type admin_api_impl(admin_api_self self, admin_api_opt
 } // namespace
 
 admin_api_actor spawn_admin_api(caf::actor_system& sys, admin_api_options options) {
-  return sys.spawn(admin_api_impl, std::move(options));
+  // Detached: admin requests are answered on a thread of their own, never
+  // behind the thousands of prober jobs on the scheduler's workers.
+  return sys.spawn<caf::detached>(admin_api_impl, std::move(options));
 }
 
 } // namespace mg

@@ -1,7 +1,7 @@
 // The HTTP health probe client, on Boost.Beast: `GET {url}{health_path}` with
 // one deadline covering resolve, connect, write and the whole read, a 64 KiB
 // body cap, keep-alive reuse of the connection, and the contract's
-// `error_kind`s. `probe_runtime` owns the io_context and its threads; the
+// `error_kind`s. `probe_runtime` owns the io_context and its thread; the
 // drivers it makes run on it. No Beast in this header.
 #pragma once
 

@@ -19,6 +19,7 @@ processes it starts, and splits the mock servers over processes of at most
 Only 127.0.0.1 is used.
 """
 import argparse
+import random
 import http.client
 import json
 import os
@@ -174,14 +175,30 @@ def time_to_unhealthy(daemon, mode):
     return result
 
 
+def admin_latencies(port, ids, until):
+    """GET /v1/servers/{id} of random registered servers, one every 10 ms
+    on a kept-alive connection, until `until`: the sorted latencies in ms."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    rng = random.Random(7)
+    out = []
+    while time.time() < until:
+        t = time.perf_counter()
+        conn.request("GET", f"/v1/servers/{rng.choice(ids)}")
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200, r.status
+        out.append((time.perf_counter() - t) * 1000)
+        time.sleep(0.01)
+    conn.close()
+    return sorted(out)
+
+
 def run_modelgate(n, seconds, hang_share, workdir):
     hang = int(n * hang_share)
     mocks = start_mocks(n - hang) + (start_mocks(hang, "hang") if hang else [])
     daemon = Daemon(workdir)
     t = time.time()
-    for m in mocks:
-        for port in m.ports():
-            daemon.register(port)
+    ids = [daemon.register(port) for m in mocks for port in m.ports()]
     reg_seconds = time.time() - t
     time.sleep(2.5)  # every prober past its random first tick
     _, before = daemon.call("GET", "/v1/health-checker")
@@ -191,6 +208,9 @@ def run_modelgate(n, seconds, hang_share, workdir):
     cpu1, t1 = cpu_seconds(daemon.proc.pid), time.time()
     h1 = sum(m.health_requests() for m in mocks)
     _, after = daemon.call("GET", "/v1/health-checker")
+    # Admin latency while probing goes on, after the CPU window so that its
+    # requests do not count as probe CPU.
+    admin_ms = admin_latencies(daemon.port, ids, time.time() + 10)
     probes = h1 - h0
     applied = after["checks_total"] - before["checks_total"]
     elapsed = t1 - t0
@@ -202,6 +222,9 @@ def run_modelgate(n, seconds, hang_share, workdir):
         "lateness_p99_ms": after.get("probe_lateness_p99_ms"),
         "lateness_max_ms": after.get("probe_lateness_max_ms"),
         "rss_mib": rss_kib(daemon.proc.pid) / 1024,
+        "admin_get_p50_ms": admin_ms[len(admin_ms) // 2],
+        "admin_get_p99_ms": admin_ms[int(len(admin_ms) * 0.99)],
+        "admin_gets": len(admin_ms),
         "register_s": reg_seconds,
     }
     if hang == 0:
@@ -273,8 +296,8 @@ def main():
                 ha.append(run_haproxy(n, args.seconds, workdir))
                 print(json.dumps(ha[-1]), flush=True)
     print()
-    print("| servers | hanging | probes/s (expected) | CPU µs/probe | HAProxy CPU µs/check | ratio | p99 lateness ms | RSS MiB | refused->unhealthy s | hang->unhealthy s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| servers | hanging | probes/s (expected) | CPU µs/probe | HAProxy CPU µs/check | ratio | p99 lateness ms | RSS MiB | refused->unhealthy s | hang->unhealthy s | GET p99 ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         h = next((x for x in ha if x["servers"] == r["servers"]), None) if r["hanging"] == 0 else None
         hcpu = f"{h['cpu_us_per_check']:.1f} ({h['checks_per_s']:.0f}/s)" if h else "-"
@@ -282,7 +305,7 @@ def main():
         print(f"| {r['servers']} | {r['hanging']} | {r['probes_per_s']:.0f} ({r['expected_per_s']}) "
               f"| {r['cpu_us_per_probe']:.1f} | {hcpu} | {ratio} | {r['lateness_p99_ms']} "
               f"| {r['rss_mib']:.1f} | {r.get('refused_to_unhealthy_s') or '-'} "
-              f"| {r.get('hang_to_unhealthy_s') or '-'} |")
+              f"| {r.get('hang_to_unhealthy_s') or '-'} | {r['admin_get_p99_ms']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -43,11 +43,13 @@ int run(const mg::modelgate_config& cfg) {
   std::signal(SIGPIPE, SIG_IGN);
 
   caf::actor_system_config sys_cfg;
-  // Two workers. One worker cost about 10 % less CPU per probe at 10,000
-  // servers (fewer threads waking each other), but admin requests then
-  // queue behind thousands of prober jobs: registrations at 64 clients fell
-  // from 11,700/s to 3,400/s (tools/bench/register_bench.cpp).
-  sys_cfg.set("scheduler.max-threads", 2);
+  // One worker runs the supervisor, the probers and the router: a second
+  // one cost about 10 % more CPU per probe at 10,000 servers in threads
+  // waking each other. The registry and the admin API actor are detached
+  // (their own threads), so admin requests never queue behind prober jobs
+  // (with the admin actor on the single worker, registrations at 64 clients
+  // fell from 11,700/s to 3,400/s; detached, 10,700/s).
+  sys_cfg.set("scheduler.max-threads", 1);
   // The work-stealing default polls idle workers every 50 µs: measurable CPU
   // per probe on an idle-heavy daemon. The sharing policy sleeps on a
   // condition variable instead.
