@@ -134,6 +134,35 @@ void add_status_line(std::string& out, int status) {
   out += "\r\n";
 }
 
+/// Feeds `parser` what `buffer` already holds, without reading the socket:
+/// a small message usually arrives whole with its header, and finishing it
+/// here saves a trip through the event loop. Stops at the end of the
+/// header, at the end of the message, when the buffer runs dry, or on an
+/// error (left in `ec`).
+/// True when the whole Content-Length body is already in `buffer`.
+template <class Parser>
+bool content_length_buffered(const Parser& parser, const beast::flat_buffer& buffer) {
+  auto len = parser.content_length();
+  return len && *len <= buffer.size();
+}
+
+template <class Parser>
+void parse_buffered(Parser& parser, beast::flat_buffer& buffer, beast::error_code& ec) {
+  while (!parser.is_done() && buffer.size() > 0) {
+    bool header_was_done = parser.is_header_done();
+    auto n = parser.put(buffer.data(), ec);
+    if (ec == http::error::need_more) {
+      ec = {};
+      return;
+    }
+    if (ec)
+      return;
+    buffer.consume(n);
+    if (n == 0 || (!header_was_done && parser.is_header_done()))
+      return; // the header is done: the caller looks at it before the body
+  }
+}
+
 /// 1xx, 204 and 304 answers carry no body and no Content-Length.
 bool status_has_body(int status) {
   return status >= 200 && status != 204 && status != 304;
@@ -445,7 +474,24 @@ private:
   }
 
   void up_read_body() {
-    if (up_parser_->is_done()) // no body (Content-Length: 0, 204, 304)
+    // What the header read already buffered is parsed here, without a trip
+    // through the event loop: a small answer is usually complete by now.
+    while (!up_parser_->is_done() && up_buffer_.size() > 0) {
+      up_parser_->get().body().data = up_chunk_.data();
+      up_parser_->get().body().size = up_chunk_.size();
+      beast::error_code ec;
+      auto used = up_parser_->put(up_buffer_.data(), ec);
+      up_buffer_.consume(used);
+      auto n = up_chunk_.size() - up_parser_->get().body().size;
+      up_body_.append(up_chunk_.data(), n);
+      if (ec == http::error::need_buffer)
+        continue; // up_chunk_ was full
+      if (ec == http::error::need_more || (used == 0 && n == 0))
+        break;
+      if (ec)
+        return proxy_finish(proxy_result::kind::failed, 0, "upstream response body: " + ec.message());
+    }
+    if (up_parser_->is_done()) // the whole body, or none (Content-Length: 0, 204, 304)
       return relay_whole();
     if (up_body_.size() > max_upstream_body)
       return proxy_finish(proxy_result::kind::failed, 0,
@@ -708,6 +754,15 @@ private:
     parser_->header_limit(header_limit);
     parser_->body_limit(boost::none); // set once the target is known
     client_expires_after(state_->options.header_timeout);
+    if (buffer_.size() > 0) {
+      // The idle wait already read the request: parse its header here
+      // rather than through another turn of the event loop. (The parser
+      // stops at the end of the header.)
+      beast::error_code ec;
+      parse_buffered(*parser_, buffer_, ec);
+      if (ec || parser_->is_header_done())
+        return on_read_header(ec, 0);
+    }
     http::async_read_header(socket_, buffer_, *parser_,
                             beast::bind_front_handler(&session::on_read_header, shared_from_this()));
   }
@@ -738,6 +793,12 @@ private:
       return fail_request(413, "request body is over the limit of " + std::to_string(limit)
                                  + " bytes");
     parser_->body_limit(limit);
+    if (!parser_->is_done() && content_length_buffered(*parser_, buffer_)) {
+      beast::error_code pec;
+      parse_buffered(*parser_, buffer_, pec);
+      if (pec)
+        return on_read_body(pec, 0);
+    }
     if (parser_->is_done())
       return dispatch_request();
     if (beast::iequals(req[http::field::expect], "100-continue")) {
