@@ -754,10 +754,13 @@ private:
     parser_->header_limit(header_limit);
     parser_->body_limit(boost::none); // set once the target is known
     client_expires_after(state_->options.header_timeout);
-    if (buffer_.size() > 0) {
-      // The idle wait already read the request: parse its header here
-      // rather than through another turn of the event loop. (The parser
-      // stops at the end of the header.)
+    auto buffered = std::string_view{static_cast<const char*>(buffer_.data().data()), buffer_.size()};
+    if (buffered.find("\r\n\r\n") != std::string_view::npos) {
+      // The idle wait already read the whole header: parse it here rather
+      // than through another turn of the event loop. (The parser stops at
+      // the end of the header.) Only a whole header: a parser that was
+      // given part of one by hand misparsed the rest read later by
+      // async_read_header ("bad field" for a 4,000-byte header line).
       beast::error_code ec;
       parse_buffered(*parser_, buffer_, ec);
       if (ec || parser_->is_header_done())

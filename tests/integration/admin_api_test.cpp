@@ -461,6 +461,35 @@ TEST_CASE_METHOD(admin_daemon, "HTTP/1.1 connections are kept alive between requ
   CHECK(c.connections_opened() == 1);
 }
 
+TEST_CASE_METHOD(admin_daemon, "a long header arriving in pieces on a kept-alive connection is read whole",
+                 "[integration][admin]") {
+  tcp_connection c{"127.0.0.1", daemon.port(), 3000ms};
+  auto read_status = [&] {
+    std::string got;
+    auto deadline = clock_type::now() + 3s;
+    while (got.find("\r\n\r\n") == std::string::npos && clock_type::now() < deadline) {
+      auto some = c.recv_some(500ms);
+      if (some && some->empty())
+        break;
+      if (some)
+        got += *some;
+    }
+    return got.substr(0, got.find("\r\n"));
+  };
+  REQUIRE(c.send_all("GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 3000ms));
+  CHECK(read_status() == "HTTP/1.1 200 OK");
+  // The next request's first bytes are read by the wait between requests;
+  // the rest of its 4,000-byte header comes later.
+  std::string next = "GET /health HTTP/1.1\r\nHost: x\r\nx-long: " + std::string(4000, 'x') + "\r\n\r\n";
+  for (size_t split : {size_t{100}, size_t{4000}}) {
+    REQUIRE(c.send_all(next.substr(0, split), 3000ms));
+    std::this_thread::sleep_for(50ms); // the pause under test: the server must wait for the rest
+    REQUIRE(c.send_all(next.substr(split), 3000ms));
+    CHECK(read_status() == "HTTP/1.1 200 OK");
+    // (each answer's body is small and read along with its head)
+  }
+}
+
 // -- bad requests leave the registry unchanged --------------------------------------------
 
 TEST_CASE_METHOD(admin_daemon, "a registration body that is not JSON is rejected with 400 invalid_request",
