@@ -305,6 +305,15 @@ private:
     up_req_ = std::move(upstream);
     up_done_ = std::move(done);
     relayed_bytes_ = 0;
+    if (up_req_.stream) {
+      // A stream request can wait long for its first byte (a model's
+      // prefill): watch the client from now on, so that one who leaves
+      // closes the upstream request at once, not when its headers come.
+      // The connection closes after a stream anyway, so bytes the client
+      // sends meanwhile are not a next request.
+      keep_alive_ = false;
+      watch_client();
+    }
     // The same server as this client's last request (the common case): the
     // URL was split then, and its kept connection needs no pool and no
     // epoll re-registration.
@@ -362,6 +371,8 @@ private:
     up_resolver_->async_resolve(
       up_addr_.host, up_addr_.port,
       [self = shared_from_this()](beast::error_code e, resolver_type::results_type results) {
+        if (!self->up_done_)
+          return; // the try ended meanwhile (the client left)
         self->up_deadline_.clear();
         if (e == asio::error::operation_aborted || self->up_ec(e) == beast::error::timeout)
           return self->proxy_finish(proxy_result::kind::connect_failed, 0,
@@ -378,6 +389,8 @@ private:
     up_.emplace(socket_.get_executor());
     up_expires_after(up_req_.connect_timeout);
     asio::async_connect(*up_, up_endpoints_, [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
+      if (!self->up_done_)
+        return; // the try ended meanwhile (the client left)
       ec = self->up_ec(ec);
       if (ec == beast::error::timeout)
         return self->proxy_finish(proxy_result::kind::connect_failed, 0, "connect timed out");
@@ -415,6 +428,8 @@ private:
     up_expires_after(up_req_.idle_timeout);
     std::array<asio::const_buffer, 2> buffers{asio::buffer(up_head_), asio::buffer(request_.body)};
     asio::async_write(*up_, buffers, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (!self->up_done_)
+        return; // the try ended meanwhile (the client left)
       ec = self->up_ec(ec);
       if (ec == beast::error::timeout)
         return self->proxy_finish(proxy_result::kind::timeout, 0, "sending to the upstream timed out");
@@ -449,6 +464,8 @@ private:
   }
 
   void on_up_header(beast::error_code ec, size_t bytes) {
+    if (!up_done_)
+      return; // the try ended meanwhile (the client left)
     ec = up_ec(ec);
     // The deadline covers the upstream read only: writing to a slow client
     // (the stream's head) must not expire the upstream.
@@ -503,6 +520,8 @@ private:
     up_expires_after(up_req_.idle_timeout);
     http::async_read_some(*up_, up_buffer_, *up_parser_,
                           [self = shared_from_this()](beast::error_code ec, size_t) {
+                            if (!self->up_done_)
+                              return; // the try ended meanwhile (the client left)
                             ec = self->up_ec(ec);
                             if (ec == http::error::need_buffer)
                               ec = {};
@@ -591,11 +610,14 @@ private:
   /// A read kept pending on the client socket: a disconnect shows at once,
   /// and the upstream request is closed with it.
   void watch_client() {
-    // On the raw socket: a read through the tcp_stream would carry its
-    // deadline and end a long but lively stream.
+    if (watching_)
+      return; // one read pending is enough (a stream's later tries, its relay)
+    watching_ = true;
+    // Without a deadline: the client may wait as long as the stream lasts.
     socket_.async_read_some(asio::buffer(watch_buf_), [self = shared_from_this()](beast::error_code ec, size_t) {
-      if (self->relay_done_)
-        return;
+      self->watching_ = false;
+      if (self->relay_done_ || !self->up_done_)
+        return; // no try in flight: nothing upstream to close
       if (ec)
         return self->relay_client_gone(ec);
       self->watch_client(); // stray bytes from the client: ignored
@@ -677,7 +699,9 @@ private:
     relay_done_ = true;
     close_upstream(); // the upstream sees the request end at once
     do_close();
-    proxy_finish(proxy_result::kind::client_gone, relayed_status(),
+    // Before the upstream's headers nothing was relayed: 499, "client
+    // closed request" (as nginx logs it), not an upstream failure.
+    proxy_finish(proxy_result::kind::client_gone, relay_status_ != 0 ? relay_status_ : 499,
                  "the client disconnected: " + ec.message());
   }
 
@@ -941,6 +965,7 @@ private:
   bool up_kept_ = false; // up_ is idle, kept for this client's next request
   uint64_t relayed_bytes_ = 0; // of this try's answer body, to the client
   bool relay_done_ = false;
+  bool watching_ = false; // a read is pending on the client socket (watch_client)
   int relay_status_ = 0; // of the streamed response, once its headers went out
   std::array<char, 512> watch_buf_{};
 };

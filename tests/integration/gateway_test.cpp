@@ -1241,6 +1241,32 @@ TEST_CASE("a client that disconnects mid-stream closes the upstream stream withi
   CHECK(d.status(id) == "healthy");
 }
 
+TEST_CASE("a streaming client that leaves before the upstream's headers ends the try at once",
+          "[gateway][integration]") {
+  gw_daemon d;
+  // Probing stopped: the server stays `unknown`, routable, and its slow
+  // health answers cannot make it unhealthy meanwhile.
+  REQUIRE(d.client.post("/v1/health-checker/stop", "").status == 200);
+  gw_mock mock{{"--mode", "slow", "--slow-ms", "3000"}};
+  auto id = d.register_server(mock.url(), {"m"});
+  auto in_flight = [&] {
+    auto text = d.client.get("/metrics").body;
+    auto at = text.find("\nmodelgate_requests_in_flight ");
+    return at == std::string::npos ? -1 : std::stoi(text.substr(at + 30));
+  };
+  tcp_connection c{"127.0.0.1", d.proc.port(), 3000ms};
+  std::string body = R"({"model":"m","stream":true,"messages":[]})";
+  REQUIRE(c.send_all("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body,
+                     3000ms));
+  REQUIRE(wait_until([&] { return mock.requests("/v1/chat/completions") == 1; }, 2s));
+  REQUIRE(in_flight() == 1);
+  auto t0 = clock_type::now();
+  c.close(); // long before the upstream's headers (3 s)
+  CHECK(wait_until([&] { return in_flight() == 0; }, t0 + 1s, 10ms));
+  CHECK(d.status(id) == "unknown"); // a client leaving is not the server's failure
+}
+
 TEST_CASE("an upstream killed mid-stream ends the client's stream with an SSE error event",
           "[gateway][integration]") {
   gw_daemon d;
