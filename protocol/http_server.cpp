@@ -291,6 +291,20 @@ private:
     });
   }
 
+  /// The completion handler of one upstream step: `step(session, ec, ...)`
+  /// runs only while the try is still on (a client who left has ended it,
+  /// and its upstream was closed), with an error the upstream deadline
+  /// caused reported as a timeout.
+  template <class Step>
+  auto upstream_step(Step step) {
+    return [self = shared_from_this(), step = std::move(step)](beast::error_code ec,
+                                                                auto&&... rest) mutable {
+      if (!self->up_done_)
+        return;
+      step(*self, self->up_ec(ec), std::forward<decltype(rest)>(rest)...);
+    };
+  }
+
   /// An operation that failed because its socket's deadline closed it.
   beast::error_code client_ec(beast::error_code ec) const {
     return ec && client_deadline_.expired() ? beast::error::timeout : ec;
@@ -370,36 +384,33 @@ private:
     up_expires_after(up_req_.connect_timeout);
     up_resolver_->async_resolve(
       up_addr_.host, up_addr_.port,
-      [self = shared_from_this()](beast::error_code e, resolver_type::results_type results) {
-        if (!self->up_done_)
-          return; // the try ended meanwhile (the client left)
-        self->up_deadline_.clear();
-        if (e == asio::error::operation_aborted || self->up_ec(e) == beast::error::timeout)
-          return self->proxy_finish(proxy_result::kind::connect_failed, 0,
-                                    "name lookup of " + self->up_addr_.host + " timed out");
-        if (e || results.empty())
-          return self->proxy_finish(proxy_result::kind::connect_failed, 0,
-                                    "cannot resolve " + self->up_addr_.host + ": " + e.message());
-        self->up_endpoints_.assign(results.begin(), results.end());
-        self->up_connect_endpoints();
-      });
+      upstream_step([](session& s, beast::error_code ec, resolver_type::results_type results) {
+        s.up_deadline_.clear();
+        if (ec == asio::error::operation_aborted || ec == beast::error::timeout)
+          return s.proxy_finish(proxy_result::kind::connect_failed, 0,
+                                "name lookup of " + s.up_addr_.host + " timed out");
+        if (ec || results.empty())
+          return s.proxy_finish(proxy_result::kind::connect_failed, 0,
+                                "cannot resolve " + s.up_addr_.host + ": " + ec.message());
+        s.up_endpoints_.assign(results.begin(), results.end());
+        s.up_connect_endpoints();
+      }));
   }
 
   void up_connect_endpoints() {
     up_.emplace(socket_.get_executor());
     up_expires_after(up_req_.connect_timeout);
-    asio::async_connect(*up_, up_endpoints_, [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
-      if (!self->up_done_)
-        return; // the try ended meanwhile (the client left)
-      ec = self->up_ec(ec);
-      if (ec == beast::error::timeout)
-        return self->proxy_finish(proxy_result::kind::connect_failed, 0, "connect timed out");
-      if (ec)
-        return self->proxy_finish(proxy_result::kind::connect_failed, 0, "connect: " + ec.message());
-      beast::error_code ignored;
-      self->up_->set_option(tcp::no_delay(true), ignored);
-      self->up_write();
-    });
+    asio::async_connect(*up_, up_endpoints_,
+                        upstream_step([](session& s, beast::error_code ec, const tcp::endpoint&) {
+                          if (ec == beast::error::timeout)
+                            return s.proxy_finish(proxy_result::kind::connect_failed, 0, "connect timed out");
+                          if (ec)
+                            return s.proxy_finish(proxy_result::kind::connect_failed, 0,
+                                                  "connect: " + ec.message());
+                          beast::error_code ignored;
+                          s.up_->set_option(tcp::no_delay(true), ignored);
+                          s.up_write();
+                        }));
   }
 
   void up_write() {
@@ -427,16 +438,13 @@ private:
     // upstream timeout counts from the end of the request to the headers.
     up_expires_after(up_req_.idle_timeout);
     std::array<asio::const_buffer, 2> buffers{asio::buffer(up_head_), asio::buffer(request_.body)};
-    asio::async_write(*up_, buffers, [self = shared_from_this()](beast::error_code ec, size_t) {
-      if (!self->up_done_)
-        return; // the try ended meanwhile (the client left)
-      ec = self->up_ec(ec);
+    asio::async_write(*up_, buffers, upstream_step([](session& s, beast::error_code ec, size_t) {
       if (ec == beast::error::timeout)
-        return self->proxy_finish(proxy_result::kind::timeout, 0, "sending to the upstream timed out");
+        return s.proxy_finish(proxy_result::kind::timeout, 0, "sending to the upstream timed out");
       if (ec)
-        return self->up_retry_or("sending to the upstream: " + ec.message());
-      self->up_read_header();
-    });
+        return s.up_retry_or("sending to the upstream: " + ec.message());
+      s.up_read_header();
+    }));
   }
 
   /// A reused connection the upstream had closed: once more on a new one.
@@ -458,15 +466,12 @@ private:
     up_parser_.emplace();
     up_parser_->body_limit(boost::none);
     http::async_read_header(*up_, up_buffer_, *up_parser_,
-                            [self = shared_from_this()](beast::error_code ec, size_t n) {
-                              self->on_up_header(ec, n);
-                            });
+                            upstream_step([](session& s, beast::error_code ec, size_t n) {
+                              s.on_up_header(ec, n);
+                            }));
   }
 
   void on_up_header(beast::error_code ec, size_t bytes) {
-    if (!up_done_)
-      return; // the try ended meanwhile (the client left)
-    ec = up_ec(ec);
     // The deadline covers the upstream read only: writing to a slow client
     // (the stream's head) must not expire the upstream.
     up_deadline_.clear();
@@ -519,29 +524,21 @@ private:
     up_parser_->get().body().size = up_chunk_.size();
     up_expires_after(up_req_.idle_timeout);
     http::async_read_some(*up_, up_buffer_, *up_parser_,
-                          [self = shared_from_this()](beast::error_code ec, size_t) {
-                            if (!self->up_done_)
-                              return; // the try ended meanwhile (the client left)
-                            ec = self->up_ec(ec);
+                          upstream_step([](session& s, beast::error_code ec, size_t) {
                             if (ec == http::error::need_buffer)
                               ec = {};
-                            auto n = self->up_chunk_.size() - self->up_parser_->get().body().size;
+                            auto n = s.up_chunk_.size() - s.up_parser_->get().body().size;
                             if (ec == beast::error::timeout)
-                              return self->proxy_finish(proxy_result::kind::timeout, 0,
-                                                        "the upstream stalled in its response body");
+                              return s.proxy_finish(proxy_result::kind::timeout, 0,
+                                                    "the upstream stalled in its response body");
                             if (ec)
-                              return self->proxy_finish(proxy_result::kind::failed, 0,
-                                                        "upstream response body: " + ec.message());
-                            self->up_body_.append(self->up_chunk_.data(), n);
-                            if (!self->up_parser_->is_done())
-                              return self->up_read_body();
-                            self->relay_whole();
-                          });
-  }
-
-  void add_gateway_headers(http::fields& f) {
-    f.set("x-modelgate-server", up_req_.server_id);
-    f.set("x-request-id", up_req_.request_id);
+                              return s.proxy_finish(proxy_result::kind::failed, 0,
+                                                    "upstream response body: " + ec.message());
+                            s.up_body_.append(s.up_chunk_.data(), n);
+                            if (!s.up_parser_->is_done())
+                              return s.up_read_body();
+                            s.relay_whole();
+                          }));
   }
 
   void relay_whole() {
@@ -633,9 +630,9 @@ private:
     up_parser_->get().body().size = up_chunk_.size();
     up_expires_after(up_req_.idle_timeout);
     http::async_read_some(*up_, up_buffer_, *up_parser_,
-                          [self = shared_from_this()](beast::error_code ec, size_t) {
-                            self->on_relay_read(self->up_ec(ec));
-                          });
+                          upstream_step([](session& s, beast::error_code ec, size_t) {
+                            s.on_relay_read(ec);
+                          }));
   }
 
   void on_relay_read(beast::error_code ec) {
