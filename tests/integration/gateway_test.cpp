@@ -216,25 +216,9 @@ public:
     for (;;) {
       auto end = raw_.find("\r\n\r\n");
       if (end != std::string::npos) {
-        std::istringstream in(raw_.substr(0, end));
-        std::string line;
-        std::getline(in, line);
-        std::istringstream sl(line);
-        std::string version;
-        sl >> version >> status;
-        while (std::getline(in, line)) {
-          if (!line.empty() && line.back() == '\r')
-            line.pop_back();
-          auto colon = line.find(':');
-          if (colon == std::string::npos)
-            continue;
-          std::string name = line.substr(0, colon);
-          for (auto& c : name)
-            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-          auto value = line.substr(colon + 1);
-          value.erase(0, value.find_first_not_of(" \t"));
-          headers[name] = value;
-        }
+        auto head = parse_response_head(raw_.substr(0, end));
+        status = head.status;
+        headers = std::move(head.headers);
         raw_.erase(0, end + 4);
         head_done_ = true;
         std::string te = header("transfer-encoding");

@@ -632,32 +632,50 @@ std::string http_client::read_line() {
   }
 }
 
+response_head parse_response_head(const std::string& head) {
+  response_head r;
+  std::istringstream lines(head);
+  std::string status_line;
+  std::getline(lines, status_line);
+  if (!status_line.empty() && status_line.back() == '\r')
+    status_line.pop_back();
+  std::istringstream in(status_line);
+  in >> r.version >> r.status;
+  if (!in || r.version.rfind("HTTP/1.", 0) != 0)
+    throw http_error("bad status line: " + status_line);
+  std::getline(in, r.reason);
+  r.reason = trim(r.reason);
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.empty() && line.back() == '\r')
+      line.pop_back();
+    auto colon = line.find(':');
+    if (colon == std::string::npos)
+      throw http_error("bad header line: " + line);
+    auto name = lower(trim(line.substr(0, colon)));
+    auto value = trim(line.substr(colon + 1));
+    auto it = r.headers.find(name);
+    if (it == r.headers.end())
+      r.headers.emplace(name, value);
+    else
+      it->second += ", " + value;
+  }
+  return r;
+}
+
 http_response http_client::read_response() {
   if (!conn_)
     throw http_error("not connected");
   http_response r;
   std::string version;
   for (;;) {
-    std::string status_line = read_line();
-    std::istringstream in(status_line);
-    in >> version >> r.status;
-    if (!in || version.rfind("HTTP/1.", 0) != 0)
-      throw http_error("bad status line: " + status_line);
-    std::getline(in, r.reason);
-    r.reason = trim(r.reason);
-    r.headers.clear();
-    for (std::string line = read_line(); !line.empty(); line = read_line()) {
-      auto colon = line.find(':');
-      if (colon == std::string::npos)
-        throw http_error("bad header line: " + line);
-      auto name = lower(trim(line.substr(0, colon)));
-      auto value = trim(line.substr(colon + 1));
-      auto it = r.headers.find(name);
-      if (it == r.headers.end())
-        r.headers.emplace(name, value);
-      else
-        it->second += ", " + value;
-    }
+    std::string head = read_line();
+    for (std::string line = read_line(); !line.empty(); line = read_line())
+      head += "\r\n" + line;
+    auto parsed = parse_response_head(head);
+    version = std::move(parsed.version);
+    r.status = parsed.status;
+    r.reason = std::move(parsed.reason);
+    r.headers = std::move(parsed.headers);
     if (r.status >= 100 && r.status < 200 && r.status != 101)
       continue;  // interim response
     break;

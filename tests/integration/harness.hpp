@@ -188,6 +188,19 @@ private:
   int fd_ = -1;
 };
 
+// A response's status line and header fields.
+struct response_head {
+  std::string version;  // "HTTP/1.1"
+  int status = 0;
+  std::string reason;
+  std::map<std::string, std::string> headers;  // names lower-cased; repeats joined by ", "
+};
+
+// Parses a response head: the status line and the header lines, CRLF
+// separated, without the blank line after them. Throws http_error on a
+// malformed status or header line.
+response_head parse_response_head(const std::string& head);
+
 struct http_response {
   int status = 0;
   std::string reason;

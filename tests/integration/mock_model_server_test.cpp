@@ -274,25 +274,10 @@ public:
     while ((end = buf_.find("\r\n\r\n")) == std::string::npos)
       if (!fill(deadline))
         throw http_error("no response head");
-    std::istringstream in(buf_.substr(0, end));
-    std::string line, version;
-    std::getline(in, line);
-    std::istringstream sl(line);
-    int status = 0;
-    sl >> version >> status;
-    while (std::getline(in, line)) {
-      if (!line.empty() && line.back() == '\r')
-        line.pop_back();
-      auto colon = line.find(':');
-      if (colon == std::string::npos)
-        continue;
-      std::string name = line.substr(0, colon);
-      for (auto& c : name)
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      headers[name] = line.substr(line.find_first_not_of(' ', colon + 1));
-    }
+    auto head = parse_response_head(buf_.substr(0, end));
+    headers = std::move(head.headers);
     buf_.erase(0, end + 4);
-    return status;
+    return head.status;
   }
 
   // The next HTTP chunk; nullopt when the last (empty) chunk came or the
