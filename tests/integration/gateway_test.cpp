@@ -26,6 +26,7 @@
 #include <set>
 #include <sstream>
 
+#include "admin_calls.hpp"
 #include "harness.hpp"
 #include "mock_process.hpp"
 
@@ -89,17 +90,10 @@ struct gw_daemon {
                               const json& extra = json::object()) {
     json body = {{"url", url}, {"models", models}};
     body.update(extra);
-    auto r = client.post("/v1/servers", body.dump());
-    INFO(r.body);
-    REQUIRE(r.status == 201);
-    return json::parse(r.body)["id"];
+    return mg_test::register_server(client, body);
   }
 
-  json record(const std::string& id) {
-    auto r = client.get("/v1/servers/" + id);
-    REQUIRE(r.status == 200);
-    return json::parse(r.body);
-  }
+  json record(const std::string& id) { return server_record(client, id); }
 
   std::string status(const std::string& id) { return record(id)["status"]; }
 

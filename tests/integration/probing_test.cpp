@@ -16,6 +16,7 @@
 #include <regex>
 #include <thread>
 
+#include "admin_calls.hpp"
 #include "harness.hpp"
 #include "mock_process.hpp"
 
@@ -55,16 +56,10 @@ struct probing_daemon {
   std::string register_server(const std::string& url, const json& extra = json::object()) {
     json body = {{"url", url}, {"models", {"m"}}};
     body.update(extra);
-    auto r = client.post("/v1/servers", body.dump());
-    REQUIRE(r.status == 201);
-    return json::parse(r.body)["id"];
+    return mg_test::register_server(client, body);
   }
 
-  json record(const std::string& id) {
-    auto r = client.get("/v1/servers/" + id);
-    REQUIRE(r.status == 200);
-    return json::parse(r.body);
-  }
+  json record(const std::string& id) { return server_record(client, id); }
 
   json events(const std::string& id) {
     return json::parse(client.get("/v1/servers/" + id + "/events").body)["data"];

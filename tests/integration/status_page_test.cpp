@@ -16,6 +16,7 @@
 #include <fstream>
 #include <regex>
 
+#include "admin_calls.hpp"
 #include "harness.hpp"
 #include "mock_process.hpp"
 
@@ -64,17 +65,10 @@ struct ui_daemon {
 
   std::string register_server(const std::string& url, const std::string& name,
                               const std::vector<std::string>& models) {
-    json body = {{"url", url}, {"name", name}, {"models", models}};
-    auto r = client.post("/v1/servers", body.dump(), auth);
-    REQUIRE(r.status == 201);
-    return json::parse(r.body)["id"];
+    return mg_test::register_server(client, {{"url", url}, {"name", name}, {"models", models}}, auth);
   }
 
-  json record(const std::string& id) {
-    auto r = client.get("/v1/servers/" + id, auth);
-    REQUIRE(r.status == 200);
-    return json::parse(r.body);
-  }
+  json record(const std::string& id) { return server_record(client, id, auth); }
 
   bool wait_status(const std::string& id, const std::string& status) {
     return wait_until([&] { return record(id)["status"] == status; }, 5s);
