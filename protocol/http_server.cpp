@@ -678,7 +678,7 @@ private:
         return self->do_close();
       self->end_stream_and_close();
     });
-    proxy_finish(proxy_result::kind::broken, relayed_status(), error);
+    proxy_finish(proxy_result::kind::broken, relay_status_, error);
   }
 
   void relay_end() {
@@ -700,11 +700,6 @@ private:
     // closed request" (as nginx logs it), not an upstream failure.
     proxy_finish(proxy_result::kind::client_gone, relay_status_ != 0 ? relay_status_ : 499,
                  "the client disconnected: " + ec.message());
-  }
-
-  /// The status the client got, once the upstream's headers were relayed.
-  int relayed_status() const {
-    return relay_status_;
   }
 
   /// Puts the upstream connection back in the pool, or closes it.
