@@ -9,6 +9,8 @@
 
 #include <caf/all.hpp>
 
+#include "actors/scheduler.hpp"
+
 #include "actors/registry.hpp"
 #include "protocol/errors.hpp"
 
@@ -28,6 +30,7 @@ struct fixture {
 
   static caf::actor_system_config& prep(caf::actor_system_config& c) {
     c.set("scheduler.max-threads", 2);
+    c.load<modelgate_scheduler>(); // the daemon's scheduler, as modelgated runs it
     return c;
   }
 

@@ -5,6 +5,8 @@
 
 #include <caf/all.hpp>
 
+#include "actors/scheduler.hpp"
+
 #include "actors/registry.hpp"
 #include "actors/supervisor.hpp"
 #include "protocol/errors.hpp"
@@ -27,6 +29,7 @@ struct supervisor_fixture {
 
   static caf::actor_system_config& prep(caf::actor_system_config& c) {
     c.set("scheduler.max-threads", 2);
+    c.load<modelgate_scheduler>(); // the daemon's scheduler, as modelgated runs it
     return c;
   }
 

@@ -12,6 +12,7 @@
 #include <caf/send.hpp>
 
 #include "actors/modelgate.hpp"
+#include "actors/scheduler.hpp"
 #include "protocol/http_server.hpp"
 #include "protocol/log.hpp"
 #include "tools/modelgated/options.hpp"
@@ -51,8 +52,10 @@ int run(const mg::modelgate_config& cfg) {
   sys_cfg.set("scheduler.max-threads", 2);
   // The work-stealing default polls idle workers every 50 µs: measurable CPU
   // per probe on an idle-heavy daemon. The sharing policy sleeps on a
-  // condition variable instead.
+  // condition variable instead; modelgate_scheduler is it with a clock that
+  // does not wake on every delayed_send (actors/scheduler.hpp).
   sys_cfg.set("scheduler.policy", caf::atom("sharing"));
+  sys_cfg.load<mg::modelgate_scheduler>();
   caf::actor_system sys{sys_cfg};
   mg::modelgate_handles handles;
   try {

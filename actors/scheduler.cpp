@@ -1,0 +1,140 @@
+#include "actors/scheduler.hpp"
+
+#include <vector>
+
+#include <caf/detail/set_thread_name.hpp>
+
+namespace mg {
+
+using guard = std::lock_guard<std::mutex>;
+
+void coalescing_actor_clock::wake_for(time_point t) {
+  if (t < wake_at_) {
+    wake_at_ = t;
+    cv_.notify_one();
+  }
+}
+
+void coalescing_actor_clock::set_ordinary_timeout(time_point t, caf::abstract_actor* self,
+                                                  caf::atom_value type, uint64_t id) {
+  guard g{mx_};
+  super::set_ordinary_timeout(t, self, type, id);
+  wake_for(t);
+}
+
+void coalescing_actor_clock::set_request_timeout(time_point t, caf::abstract_actor* self,
+                                                 caf::message_id id) {
+  guard g{mx_};
+  super::set_request_timeout(t, self, id);
+  wake_for(t);
+}
+
+void coalescing_actor_clock::set_multi_timeout(time_point t, caf::abstract_actor* self,
+                                               caf::atom_value type, uint64_t id) {
+  guard g{mx_};
+  super::set_multi_timeout(t, self, type, id);
+  wake_for(t);
+}
+
+// A cancellation never needs an early wake-up: at worst the thread wakes for
+// a timeout that is gone, finds nothing due and sleeps again.
+void coalescing_actor_clock::cancel_ordinary_timeout(caf::abstract_actor* self,
+                                                     caf::atom_value type) {
+  guard g{mx_};
+  super::cancel_ordinary_timeout(self, type);
+}
+
+void coalescing_actor_clock::cancel_request_timeout(caf::abstract_actor* self,
+                                                    caf::message_id id) {
+  guard g{mx_};
+  super::cancel_request_timeout(self, id);
+}
+
+void coalescing_actor_clock::cancel_timeouts(caf::abstract_actor* self) {
+  guard g{mx_};
+  super::cancel_timeouts(self);
+}
+
+void coalescing_actor_clock::schedule_message(time_point t, caf::strong_actor_ptr receiver,
+                                              caf::mailbox_element_ptr content) {
+  guard g{mx_};
+  super::schedule_message(t, std::move(receiver), std::move(content));
+  wake_for(t);
+}
+
+void coalescing_actor_clock::schedule_message(time_point t, caf::group target,
+                                              caf::strong_actor_ptr sender,
+                                              caf::message content) {
+  guard g{mx_};
+  super::schedule_message(t, std::move(target), std::move(sender), std::move(content));
+  wake_for(t);
+}
+
+void coalescing_actor_clock::cancel_all() {
+  // Destroyed outside the lock, for the reason given in run_dispatch_loop.
+  schedule_map dropped;
+  {
+    guard g{mx_};
+    actor_lookup_.clear();
+    dropped.swap(schedule_);
+  }
+}
+
+void coalescing_actor_clock::run_dispatch_loop() {
+  std::vector<unique_delayed_event_ptr> due;
+  std::unique_lock<std::mutex> lock{mx_};
+  while (!done_) {
+    // Take the due events out under the lock, deliver them without it: a
+    // delivery may drop the last reference to an actor, whose cleanup
+    // cancels its timeouts, i.e. calls back into this clock.
+    auto now = this->now();
+    for (auto i = schedule_.begin(); i != schedule_.end() && i->first <= now;) {
+      if (i->second->backlink != actor_lookup_.end())
+        actor_lookup_.erase(i->second->backlink);
+      due.push_back(std::move(i->second));
+      i = schedule_.erase(i);
+    }
+    if (!due.empty()) {
+      wake_at_ = time_point::min(); // awake: nobody needs to notify
+      lock.unlock();
+      for (auto& event : due)
+        ship(*event);
+      due.clear();
+      lock.lock();
+      continue; // more may have come due meanwhile
+    }
+    if (schedule_.empty()) {
+      wake_at_ = time_point::max();
+      cv_.wait(lock);
+    } else {
+      wake_at_ = schedule_.begin()->first;
+      cv_.wait_until(lock, wake_at_);
+    }
+  }
+  lock.unlock();
+  cancel_all();
+}
+
+void coalescing_actor_clock::cancel_dispatch_loop() {
+  guard g{mx_};
+  done_ = true;
+  cv_.notify_one();
+}
+
+void modelgate_scheduler::start() {
+  clock_thread_ = std::thread{[this] {
+    caf::detail::set_thread_name("caf.clock");
+    system().thread_started();
+    clock_.run_dispatch_loop();
+    system().thread_terminates();
+  }};
+  super::start();
+}
+
+void modelgate_scheduler::stop() {
+  super::stop();
+  clock_.cancel_dispatch_loop();
+  clock_thread_.join();
+}
+
+} // namespace mg
