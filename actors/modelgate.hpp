@@ -39,7 +39,9 @@ struct modelgate_handles {
 /// What an embedding program or a test may swap out.
 struct modelgate_hooks {
   wall_clock clock = now_ms;            // the registry's wall clock
-  probe_driver_factory make_driver;     // empty: real HTTP probes
+  // Empty: real HTTP probes. A hook's drivers send the reports of scheduled
+  // probes to the registry themselves (probed_atom, a vector of reports).
+  probe_driver_factory make_driver;
 };
 
 /// Throws std::runtime_error when the database cannot be opened.

@@ -31,20 +31,6 @@ namespace {
 
 using prober_self = prober_actor::stateful_pointer<prober_state>;
 
-void start_probe(prober_self self) {
-  auto& st = self->state;
-  st.in_flight = true;
-  auto number = ++st.probe_number;
-  ++st.probes_started;
-  // A weak address: a probe still pending in asio must not keep a stopped
-  // prober alive.
-  caf::actor_addr weak = self->address();
-  st.options.driver->probe(st.options.timeout, [weak, number](probe_outcome outcome) {
-    if (auto strong = caf::actor_cast<prober_actor>(weak))
-      caf::anon_send(strong, probe_done_atom::value, number, std::move(outcome));
-  });
-}
-
 /// Arms the next tick on the grid, skipping slots already in the past.
 void arm_next_tick(prober_self self, int64_t now) {
   auto& st = self->state;
@@ -74,24 +60,15 @@ prober_actor::behavior_type prober_impl(prober_self self, prober_options options
       if (number != st.tick_number)
         return; // from an older schedule
       auto now = st.options.clock();
-      if (st.in_flight) {
+      auto lateness = static_cast<double>(std::max<int64_t>(0, now - st.next_due_ms));
+      if (st.options.driver->probe_scheduled(st.options.timeout, st.options.generation, lateness)) {
+        ++st.probes_started;
+      } else {
         ++st.ticks_skipped; // the last probe is still running: never two at once
         log(log_level::debug, "probe still in flight; tick skipped",
             {{"server_id", st.options.target.server_id}, {"url", st.options.target.url}});
-      } else {
-        st.lateness_ms = static_cast<double>(std::max<int64_t>(0, now - st.next_due_ms));
-        start_probe(self);
       }
       arm_next_tick(self, now);
-    },
-    [=](probe_done_atom, uint64_t number, probe_outcome& outcome) {
-      auto& st = self->state;
-      if (number != st.probe_number || !st.in_flight)
-        return;
-      st.in_flight = false;
-      outcome.lateness_ms = st.lateness_ms;
-      self->send(st.options.registry, probed_atom::value, st.options.target.server_id,
-                 st.options.generation, std::move(outcome));
     },
   };
 }

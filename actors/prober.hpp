@@ -1,9 +1,10 @@
-// The prober actor: one per active server. It ticks on a schedule of its own,
-// runs at most one probe at a time through its probe_driver (asio does the
-// I/O), and sends each outcome to the registry.
+// The prober actor: one per active server. It ticks on a schedule of its own
+// and, on each tick, starts a probe through its probe_driver (asio does the
+// I/O). The outcome goes from the I/O thread straight to the registry, in a
+// batch with other servers' outcomes, not back through the prober: at 10,000
+// servers that saves 20,000 actor messages a second.
 //
-//   idle --tick--> probing --probe_done--> idle
-//     (a tick that finds a probe still in flight is skipped, never queued)
+//   tick --> probe started (or, while the last one runs, the tick is skipped)
 //
 // The first tick lands at a random point of the first interval, so N probers
 // spread over the interval instead of firing together. Ticks keep to their
@@ -19,7 +20,7 @@
 #include <random>
 
 #include "protocol/probe.hpp"
-#include "protocol/registry_interface.hpp"
+#include "protocol/registry_interface.hpp" // prober_actor
 
 namespace mg {
 
@@ -40,8 +41,7 @@ struct prober_options {
   uint64_t generation = 0; // the server's generation when this prober started
   std::chrono::milliseconds interval{60'000};
   std::chrono::milliseconds timeout{10'000};
-  registry_actor registry;
-  std::shared_ptr<probe_driver> driver;
+  std::shared_ptr<probe_driver> driver; // reports to the registry
   steady_clock_ms clock = steady_now_ms;
   tick_scheduler schedule = schedule_tick_with_caf;
   uint64_t seed = 0; // 0: from std::random_device
@@ -52,9 +52,6 @@ struct prober_state {
   std::mt19937_64 rng;
   uint64_t tick_number = 0;  // the schedule this prober follows
   int64_t next_due_ms = 0;   // on the tick grid
-  bool in_flight = false;
-  uint64_t probe_number = 0; // of the probe in flight
-  double lateness_ms = 0;    // of the probe in flight
   uint64_t probes_started = 0;
   uint64_t ticks_skipped = 0;
   static inline const char* name = "modelgate.prober";

@@ -360,9 +360,10 @@ registry_actor::behavior_type registry_impl(registry_self self, registry_options
         return make_error(errc::internal, "storage failure while reading events");
       }
     },
-    [=](probed_atom, const std::string& id, uint64_t generation, probe_outcome& outcome) {
-      if (apply_outcome(self, id, generation, outcome))
-        self->state.stats.lateness.add(outcome.lateness_ms);
+    [=](probed_atom, std::vector<probe_report>& reports) {
+      for (const auto& r : reports)
+        if (apply_outcome(self, r.server_id, r.generation, r.outcome))
+          self->state.stats.lateness.add(r.outcome.lateness_ms);
     },
     [=](checked_atom, const std::string& id, uint64_t generation,
         probe_outcome& outcome) -> caf::result<server_record> {

@@ -60,7 +60,6 @@ void spawn_prober(supervisor_self self, const server_record& rec) {
   po.generation = rec.generation;
   po.interval = seconds_to_ms(st.options.health.interval_seconds);
   po.timeout = seconds_to_ms(st.options.health.timeout_seconds);
-  po.registry = st.options.registry;
   po.driver = st.options.make_driver(po.target);
   po.clock = st.options.clock;
   po.schedule = st.options.schedule;

@@ -137,7 +137,9 @@ struct probe_runtime::impl {
   // batch instead of once per probe. The delay adds at most that much to the
   // time a result takes to reach the registry.
   static constexpr auto flush_delay = std::chrono::milliseconds(2);
-  std::vector<std::pair<probe_callback, probe_outcome>> finished;
+  probe_report_sink report_sink;
+  std::vector<probe_report> reports;                                // scheduled probes
+  std::vector<std::pair<probe_callback, probe_outcome>> finished;  // on-demand probes
   asio::steady_timer flusher{ioc};
   bool flush_armed = false;
 
@@ -146,6 +148,9 @@ struct probe_runtime::impl {
   void arm_sweeper();
   void sweep();
   void hand_on(probe_callback done, probe_outcome out);
+  void hand_on(probe_report report);
+  void arm_flusher();
+  void flush();
 };
 
 namespace {
@@ -173,8 +178,22 @@ public:
 
   void probe(std::chrono::milliseconds timeout, probe_callback done) override {
     asio::post(rt_.ioc, [self = shared_from_this(), timeout, done = std::move(done)]() mutable {
-      self->start(timeout, std::move(done));
+      self->done_ = std::move(done);
+      self->start(timeout);
     });
+  }
+
+  bool probe_scheduled(std::chrono::milliseconds timeout, uint64_t generation,
+                       double lateness_ms) override {
+    if (scheduled_busy_.exchange(true, std::memory_order_acq_rel))
+      return false;
+    asio::post(rt_.ioc, [self = shared_from_this(), timeout, generation, lateness_ms] {
+      self->scheduled_ = true;
+      self->generation_ = generation;
+      self->lateness_ms_ = lateness_ms;
+      self->start(timeout);
+    });
+    return true;
   }
 
   bool in_flight(uint64_t number) const {
@@ -195,8 +214,7 @@ public:
 private:
   enum class step { resolve, connect, write, read };
 
-  void start(std::chrono::milliseconds timeout, probe_callback done) {
-    done_ = std::move(done);
+  void start(std::chrono::milliseconds timeout) {
     started_ = clock_type::now();
     finished_ = false;
     timed_out_ = false;
@@ -333,8 +351,14 @@ private:
       std::chrono::duration<double, std::milli>(clock_type::now() - started_).count();
     out.at = now_ms();
     parser_.reset();
-    if (done_)
+    if (scheduled_) {
+      scheduled_ = false;
+      out.lateness_ms = lateness_ms_;
+      rt_.hand_on(probe_report{target_.server_id, generation_, std::move(out)});
+      scheduled_busy_.store(false, std::memory_order_release);
+    } else if (done_) {
       rt_.hand_on(std::move(done_), std::move(out));
+    }
     done_ = nullptr;
   }
 
@@ -356,7 +380,14 @@ private:
   beast::flat_buffer buffer_;
   std::string body_;
   std::optional<health_response_parser> parser_;
+  // The probe in flight reports either through done_ (on demand) or, when
+  // scheduled_, to the runtime's report sink with generation_ and
+  // lateness_ms_. scheduled_busy_ is the one flag other threads read.
   probe_callback done_;
+  bool scheduled_ = false;
+  uint64_t generation_ = 0;
+  double lateness_ms_ = 0;
+  std::atomic<bool> scheduled_busy_{false};
   clock_type::time_point started_;
   uint64_t probe_number_ = 0;
   step step_ = step::resolve;
@@ -413,24 +444,45 @@ void probe_runtime::impl::sweep() {
 
 void probe_runtime::impl::hand_on(probe_callback done, probe_outcome out) {
   finished.emplace_back(std::move(done), std::move(out));
+  arm_flusher();
+}
+
+void probe_runtime::impl::hand_on(probe_report report) {
+  reports.push_back(std::move(report));
+  arm_flusher();
+}
+
+void probe_runtime::impl::arm_flusher() {
   if (flush_armed)
     return;
   flush_armed = true;
   flusher.expires_after(flush_delay);
   flusher.async_wait([this](beast::error_code) {
     flush_armed = false;
-    auto batch = std::move(finished);
-    finished.clear();
-    for (auto& [done, out] : batch)
-      done(std::move(out));
-    if (finished.empty()) { // keep the capacity for the next batch
-      batch.clear();
-      finished.swap(batch);
-    }
+    flush();
   });
 }
 
-probe_runtime::probe_runtime() : impl_(std::make_unique<impl>()) {
+void probe_runtime::impl::flush() {
+  if (!reports.empty()) {
+    auto batch = std::move(reports);
+    reports = std::vector<probe_report>();
+    reports.reserve(batch.size());
+    if (report_sink)
+      report_sink(std::move(batch));
+  }
+  auto batch = std::move(finished);
+  finished.clear();
+  for (auto& [done, out] : batch)
+    done(std::move(out));
+  if (finished.empty()) { // keep the capacity for the next batch
+    batch.clear();
+    finished.swap(batch);
+  }
+}
+
+probe_runtime::probe_runtime(probe_report_sink reports) : impl_(std::make_unique<impl>()) {
+  impl_->report_sink = std::move(reports);
   impl_->thread = std::thread([this] { impl_->ioc.run(); });
 }
 

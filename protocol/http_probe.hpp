@@ -15,7 +15,8 @@ class probe_runtime {
 public:
   /// Starts the I/O thread. One thread runs every probe: at 10,000 probes a
   /// second it is a fraction of a core, and one thread needs no strands.
-  probe_runtime();
+  /// Reports of scheduled probes go to `reports`, in batches.
+  explicit probe_runtime(probe_report_sink reports = {});
   ~probe_runtime();
   probe_runtime(const probe_runtime&) = delete;
   probe_runtime& operator=(const probe_runtime&) = delete;

@@ -31,6 +31,15 @@ struct probe_outcome {
   double lateness_ms = 0; // how late the probe started against its schedule
 };
 
+/// A scheduled probe's outcome as the registry applies it: for (server,
+/// generation), so a result for a server deregistered or reactivated
+/// meanwhile is dropped.
+struct probe_report {
+  std::string server_id;
+  uint64_t generation = 0;
+  probe_outcome outcome;
+};
+
 /// The body cap of a health response; a larger one fails as invalid_body.
 constexpr size_t health_body_limit = 64 * 1024;
 
@@ -39,19 +48,32 @@ constexpr size_t health_body_limit = 64 * 1024;
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <vector>
 
 namespace mg {
 
 using probe_callback = std::function<void(probe_outcome)>;
 
+/// Receives the reports of scheduled probes, all that finished within a
+/// few milliseconds in one call, on an I/O thread; must only hand them on
+/// (modelgate sends them to the registry as one message).
+using probe_report_sink = std::function<void(std::vector<probe_report>)>;
+
 /// Runs probes of one server, keeping its connection between probes where the
-/// server allows. `probe` may be called from any thread, with at most one
-/// probe in flight; `done` runs on an I/O thread and must only hand the
-/// outcome on (e.g. send it to an actor).
+/// server allows. Both calls may come from any thread, with at most one probe
+/// in flight.
 class probe_driver {
 public:
   virtual ~probe_driver() = default;
+  /// An on-demand probe: `done` runs on an I/O thread and must only hand the
+  /// outcome on (e.g. send it to an actor).
   virtual void probe(std::chrono::milliseconds timeout, probe_callback done) = 0;
+  /// A scheduled probe: its report (with `generation`, and `lateness_ms` in
+  /// the outcome) goes to the report sink of the driver's maker, batched with
+  /// other servers' reports, never through the caller. While the previous
+  /// scheduled probe is still running it starts nothing and returns false.
+  virtual bool probe_scheduled(std::chrono::milliseconds timeout, uint64_t generation,
+                               double lateness_ms) = 0;
 };
 
 /// Makes the driver of one server; the daemon's makes HTTP probe clients,

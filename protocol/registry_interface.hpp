@@ -43,7 +43,6 @@ using subscribe_atom = caf::atom_constant<caf::atom("mg_sub")>;
 using changed_atom = caf::atom_constant<caf::atom("mg_changed")>;
 using stats_atom = caf::atom_constant<caf::atom("mg_stats")>;
 using tick_atom = caf::atom_constant<caf::atom("mg_tick")>;
-using probe_done_atom = caf::atom_constant<caf::atom("mg_pdone")>;
 using check_atom = caf::atom_constant<caf::atom("mg_check")>;
 using check_done_atom = caf::atom_constant<caf::atom("mg_cdone")>;
 using status_atom = caf::atom_constant<caf::atom("mg_status")>;
@@ -131,8 +130,9 @@ using registry_actor = caf::typed_actor<
   caf::reacts_to<health_flush_atom>,
   // Commits everything pending now; replies true once durable.
   caf::replies_to<flush_atom>::with<bool>,
-  // A scheduled probe's outcome for (id, generation); stale ones are dropped.
-  caf::reacts_to<probed_atom, std::string, uint64_t, probe_outcome>,
+  // Scheduled probes' outcomes, a batch from the I/O thread; stale ones
+  // (another generation, or an inactive server) are dropped.
+  caf::reacts_to<probed_atom, std::vector<probe_report>>,
   // An on-demand probe's outcome; replies with the record once durable.
   caf::replies_to<checked_atom, std::string, uint64_t, probe_outcome>::with<server_record>,
   // A failure the gateway saw: unhealthy at once, not counted toward removal.
@@ -144,12 +144,11 @@ using registry_actor = caf::typed_actor<
 
 // -- health checking -------------------------------------------------------------
 
-/// One prober per active server: ticks, probes, reports to the registry.
+/// One prober per active server: ticks and starts probes, whose outcomes go
+/// from the I/O thread to the registry.
 using prober_actor = caf::typed_actor<
   // A scheduled tick; ticks of an older schedule (other number) are ignored.
-  caf::reacts_to<tick_atom, uint64_t>,
-  // The outcome of probe number N, back from the I/O thread.
-  caf::reacts_to<probe_done_atom, uint64_t, probe_outcome>>;
+  caf::reacts_to<tick_atom, uint64_t>>;
 
 /// The answer of `POST /v1/servers/{id}/check`.
 struct check_reply {
@@ -239,6 +238,7 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<mg::server_record>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<mg::server_event>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::http_job)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::probe_outcome)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<mg::probe_report>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::health_stats)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::check_reply)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mg::checker_status)

@@ -31,12 +31,29 @@ inline bool wait_until(const std::function<bool()>& pred,
 }
 
 /// Probes wait in a queue until the test completes them; or, with
-/// `auto_outcome` set, complete at once with it.
+/// `auto_outcome` set, complete at once with it. Scheduled probes report to
+/// `sink`, as the real runtime's do (a batch of one here).
 struct fake_probes {
+  struct pending_probe {
+    probe_callback done;                     // on demand
+    probe_report report;                     // scheduled: id, generation, lateness
+    std::shared_ptr<std::atomic<bool>> busy; // scheduled: the driver's in-flight flag
+  };
   std::mutex mtx;
-  std::deque<probe_callback> pending;
+  std::deque<pending_probe> pending;
   std::vector<std::string> probed_ids;
   std::optional<probe_outcome> auto_outcome;
+  probe_report_sink sink;
+
+  void deliver(pending_probe p, probe_outcome outcome) {
+    if (p.done)
+      return p.done(std::move(outcome));
+    outcome.lateness_ms = p.report.outcome.lateness_ms;
+    p.report.outcome = std::move(outcome);
+    p.busy->store(false);
+    if (sink)
+      sink(std::vector<probe_report>{std::move(p.report)});
+  }
 
   size_t started() {
     std::lock_guard<std::mutex> g{mtx};
@@ -50,15 +67,15 @@ struct fake_probes {
 
   /// Completes the oldest pending probe.
   bool complete(probe_outcome outcome) {
-    probe_callback cb;
+    pending_probe p;
     {
       std::lock_guard<std::mutex> g{mtx};
       if (pending.empty())
         return false;
-      cb = std::move(pending.front());
+      p = std::move(pending.front());
       pending.pop_front();
     }
-    cb(std::move(outcome));
+    deliver(std::move(p), std::move(outcome));
     return true;
   }
 };
@@ -69,6 +86,26 @@ public:
     : probes_(std::move(probes)), id_(std::move(id)) {
   }
   void probe(std::chrono::milliseconds, probe_callback done) override {
+    fake_probes::pending_probe p;
+    p.done = std::move(done);
+    start(std::move(p));
+  }
+
+  bool probe_scheduled(std::chrono::milliseconds, uint64_t generation,
+                       double lateness_ms) override {
+    if (busy_->exchange(true))
+      return false;
+    fake_probes::pending_probe p;
+    p.report.server_id = id_;
+    p.report.generation = generation;
+    p.report.outcome.lateness_ms = lateness_ms;
+    p.busy = busy_;
+    start(std::move(p));
+    return true;
+  }
+
+private:
+  void start(fake_probes::pending_probe p) {
     std::optional<probe_outcome> now;
     {
       std::lock_guard<std::mutex> g{probes_->mtx};
@@ -76,15 +113,15 @@ public:
       if (probes_->auto_outcome)
         now = probes_->auto_outcome;
       else
-        probes_->pending.push_back(std::move(done));
+        probes_->pending.push_back(std::move(p));
     }
     if (now)
-      done(*now);
+      probes_->deliver(std::move(p), *now);
   }
 
-private:
   std::shared_ptr<fake_probes> probes_;
   std::string id_;
+  std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
 };
 
 inline probe_driver_factory make_fake_factory(std::shared_ptr<fake_probes> probes) {

@@ -45,6 +45,9 @@ struct supervisor_fixture {
     supervisor_options so;
     so.registry = reg;
     so.health = h;
+    probes->sink = [r = reg](std::vector<probe_report> batch) {
+      caf::anon_send(r, probed_atom::value, std::move(batch));
+    };
     so.make_driver = test::make_fake_factory(probes);
     so.schedule = ticks.scheduler();
     so.summary_log = false;
