@@ -36,6 +36,7 @@ using events_atom = caf::atom_constant<caf::atom("mg_events")>;
 using commit_atom = caf::atom_constant<caf::atom("mg_commit")>;
 using flush_atom = caf::atom_constant<caf::atom("mg_flush")>;
 using health_flush_atom = caf::atom_constant<caf::atom("mg_hflush")>;
+using timing_flush_atom = caf::atom_constant<caf::atom("mg_tflush")>;
 using probed_atom = caf::atom_constant<caf::atom("mg_probed")>;
 using checked_atom = caf::atom_constant<caf::atom("mg_checked")>;
 using passive_atom = caf::atom_constant<caf::atom("mg_passive")>;
@@ -128,6 +129,8 @@ using registry_actor = caf::typed_actor<
   caf::reacts_to<commit_atom>,
   // Internal: the delayed commit of gathered probe results.
   caf::reacts_to<health_flush_atom>,
+  // Internal: the delayed commit of routine probe timings.
+  caf::reacts_to<timing_flush_atom>,
   // Commits everything pending now; replies true once durable.
   caf::replies_to<flush_atom>::with<bool>,
   // Scheduled probes' outcomes, a batch from the I/O thread; stale ones

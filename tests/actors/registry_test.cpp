@@ -12,6 +12,7 @@
 #include "actors/scheduler.hpp"
 
 #include "actors/registry.hpp"
+#include "tests/actors/fakes.hpp"
 #include "protocol/errors.hpp"
 
 using namespace mg;
@@ -223,6 +224,57 @@ TEST_CASE("acknowledged registrations survive a restart of the registry", "[regi
   CHECK(all.size() == 200);
   for (const auto& id : ids)
     CHECK(again.ask<server_record>(get_atom::value, id).id == id);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+TEST_CASE("routine probe timings reach the disk later than state changes, and at a flush",
+          "[registry]") {
+  char tmpl[] = "/tmp/mg-registry-XXXXXX";
+  fs::path dir = ::mkdtemp(tmpl);
+  auto db = (dir / "m.db").string();
+  {
+    fixture f{db};
+    auto a = f.ask<register_reply>(register_atom::value, f.make_registration("http://a:1")).record;
+    auto b = f.ask<register_reply>(register_atom::value, f.make_registration("http://b:1")).record;
+    auto outcome = [](bool healthy, double ms) {
+      probe_outcome o;
+      o.healthy = healthy;
+      o.response_time_ms = ms;
+      o.status_code = healthy ? 200 : 500;
+      if (!healthy) {
+        o.error = "HTTP 500";
+        o.error_kind = "http_status";
+      }
+      o.at = 1;
+      return o;
+    };
+    auto on_disk = [&](const std::string& id) {
+      server_store reader{db};
+      for (auto& r : reader.load_all())
+        if (r.id == id)
+          return r;
+      FAIL("no record " << id);
+      return server_record{};
+    };
+    auto report = [&](const server_record& r, probe_outcome o) {
+      f.self->send(f.reg, probed_atom::value,
+                   std::vector<probe_report>{probe_report{r.id, r.generation, std::move(o)}});
+    };
+    // unknown -> healthy is a state change: on disk within the health flush.
+    report(a, outcome(true, 1));
+    REQUIRE(test::wait_until([&] { return on_disk(a.id).status == server_status::healthy; }));
+    // A routine success (healthy, still healthy) changes timings only.
+    report(a, outcome(true, 7));
+    // b turning unhealthy forces a health commit; a's new timing is not in it.
+    report(b, outcome(false, 3));
+    REQUIRE(test::wait_until([&] { return on_disk(b.id).status == server_status::unhealthy; }));
+    CHECK(on_disk(a.id).last_response_time_ms == Approx(1));
+    CHECK(f.ask<server_record>(get_atom::value, a.id).last_response_time_ms == Approx(7));
+    // An explicit flush (the daemon's at shutdown) writes it.
+    CHECK(f.ask<bool>(flush_atom::value));
+    CHECK(on_disk(a.id).last_response_time_ms == Approx(7));
+  }
   std::error_code ec;
   fs::remove_all(dir, ec);
 }
