@@ -36,6 +36,14 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = asio::ip::tcp;
+// Sockets, resolver and timers bound to the io_context's own executor type:
+// the default any_io_executor costs a type-erased copy per operation.
+using executor_type = asio::io_context::executor_type;
+using socket_type = asio::basic_stream_socket<tcp, executor_type>;
+using resolver_type = asio::ip::basic_resolver<tcp, executor_type>;
+using timer_type = asio::basic_waitable_timer<std::chrono::steady_clock,
+                                              asio::wait_traits<std::chrono::steady_clock>,
+                                              executor_type>;
 
 void judge_health_response(health_expect expect, int status, const std::string& body,
                            probe_outcome& out) {
@@ -129,7 +137,7 @@ struct probe_runtime::impl {
     }
   };
   std::priority_queue<deadline, std::vector<deadline>, std::greater<>> deadlines;
-  asio::steady_timer sweeper{ioc};
+  timer_type sweeper{ioc.get_executor()};
   std::optional<clock_type::time_point> sweeper_at;
 
   // Finished probes waiting to be handed on: all that finish within one
@@ -140,7 +148,7 @@ struct probe_runtime::impl {
   probe_report_sink report_sink;
   std::vector<probe_report> reports;                                // scheduled probes
   std::vector<std::pair<probe_callback, probe_outcome>> finished;  // on-demand probes
-  asio::steady_timer flusher{ioc};
+  timer_type flusher{ioc.get_executor()};
   bool flush_armed = false;
 
   void add_deadline(clock_type::time_point at, std::weak_ptr<probe_client> client,
@@ -158,7 +166,7 @@ namespace {
 class probe_client : public probe_driver, public std::enable_shared_from_this<probe_client> {
 public:
   probe_client(probe_runtime::impl& rt, const probe_target& target)
-    : rt_(rt), resolver_(rt.ioc), socket_(rt.ioc), target_(target),
+    : rt_(rt), resolver_(rt.ioc.get_executor()), socket_(rt.ioc.get_executor()), target_(target),
       url_(split_server_url(target.url)) {
     http::request<http::empty_body> req;
     req.version(11);
@@ -241,12 +249,12 @@ private:
     }
     resolver_.async_resolve(url_.host, url_.port,
                             [self = shared_from_this()](beast::error_code e,
-                                                        tcp::resolver::results_type results) {
+                                                        resolver_type::results_type results) {
                               self->on_resolve(e, std::move(results));
                             });
   }
 
-  void on_resolve(beast::error_code ec, tcp::resolver::results_type results) {
+  void on_resolve(beast::error_code ec, resolver_type::results_type results) {
     if (timed_out_)
       return finish_timeout();
     if (ec)
@@ -270,44 +278,92 @@ private:
       return finish_error("connect", ec.message());
     beast::error_code ignored;
     socket_.set_option(tcp::no_delay(true), ignored);
+    // The request is written by a direct non-blocking send (do_write).
+    socket_.non_blocking(true, ignored);
     do_write();
   }
 
+  // The request is a few hundred bytes: one send() writes it whole on an
+  // idle connection, with no asio operation; only a short write waits for
+  // the socket (async_write of the rest).
   void do_write() {
     step_ = step::write;
-    asio::async_write(socket_, asio::buffer(request_bytes_),
-                      [self = shared_from_this()](beast::error_code ec, size_t) {
-                        self->on_write(ec);
+    beast::error_code ec;
+    auto n = socket_.write_some(asio::buffer(request_bytes_), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again)
+      n = 0;
+    else if (ec)
+      return retry_or_fail("protocol", "sending the request failed: " + ec.message());
+    if (n == request_bytes_.size())
+      return start_read();
+    asio::async_write(socket_, asio::buffer(request_bytes_.data() + n, request_bytes_.size() - n),
+                      [self = shared_from_this()](beast::error_code e, size_t) {
+                        if (self->timed_out_)
+                          return self->finish_timeout();
+                        if (e)
+                          return self->retry_or_fail("protocol",
+                                                     "sending the request failed: " + e.message());
+                        self->start_read();
                       });
   }
 
-  void on_write(beast::error_code ec) {
-    if (timed_out_)
-      return finish_timeout();
-    if (ec)
-      return retry_or_fail("protocol", "sending the request failed: " + ec.message());
+  void start_read() {
     step_ = step::read;
     // Bytes left after the last response (a stray CRLF, say) are not part
     // of this one.
     buffer_.clear();
+    received_ = 0;
     parser_.emplace(body_);
-    http::async_read(socket_, buffer_, *parser_,
-                     [self = shared_from_this()](beast::error_code e, size_t bytes) {
-                       self->on_read(e, bytes);
-                     });
+    parser_->eager(true);
+    read_more();
   }
 
-  void on_read(beast::error_code ec, size_t bytes) {
+  // Reads with async_read_some and feeds the parser directly: Beast's
+  // composed read operations cost more than the parsing. (A readiness wait
+  // with async_wait would be cheaper still, were it not for the epoll_ctl
+  // asio issues for every wait.)
+  void read_more() {
+    socket_.async_read_some(buffer_.prepare(read_chunk),
+                            [self = shared_from_this()](beast::error_code ec, size_t n) {
+                              self->on_read_some(ec, n);
+                            });
+  }
+
+  void on_read_some(beast::error_code ec, size_t n) {
     if (timed_out_)
       return finish_timeout();
+    if (ec == asio::error::eof && parser_->got_some() && parser_->need_eof()) {
+      parser_->put_eof(ec); // a body delimited by the connection's end
+      if (!ec)
+        return on_response();
+    }
+    if (ec)
+      return read_failed(ec);
+    buffer_.commit(n);
+    received_ += n;
+    while (buffer_.size() > 0 && !parser_->is_done()) {
+      auto used = parser_->put(buffer_.data(), ec);
+      buffer_.consume(used);
+      if (ec == http::error::need_more)
+        break;
+      if (ec)
+        return read_failed(ec);
+    }
+    if (parser_->is_done())
+      return on_response();
+    read_more();
+  }
+
+  void read_failed(beast::error_code ec) {
     if (ec == http::error::body_limit)
       return finish_error("invalid_body", "health body over the 64 KiB cap");
-    if (ec) {
-      // A kept-alive connection the server closed meanwhile: try once afresh.
-      if (bytes == 0)
-        return retry_or_fail("protocol", "the server closed the connection: " + ec.message());
-      return finish_error("protocol", "malformed response: " + ec.message());
-    }
+    // A kept-alive connection the server closed meanwhile: try once afresh.
+    if (received_ == 0)
+      return retry_or_fail("protocol", "the server closed the connection: " + ec.message());
+    finish_error("protocol", "malformed response: " + ec.message());
+  }
+
+  void on_response() {
     probe_outcome out;
     judge_health_response(target_.expect, parser_->status(), body_, out);
     if (!parser_->keep_alive())
@@ -371,13 +427,15 @@ private:
   }
 
   probe_runtime::impl& rt_;
-  tcp::resolver resolver_;
-  tcp::socket socket_;
+  static constexpr size_t read_chunk = 4096;
+  resolver_type resolver_;
+  socket_type socket_;
   probe_target target_;
   server_url_parts url_;
   std::string request_bytes_;
   std::vector<tcp::endpoint> endpoints_;
   beast::flat_buffer buffer_;
+  size_t received_ = 0; // bytes of the response read so far
   std::string body_;
   std::optional<health_response_parser> parser_;
   // The probe in flight reports either through done_ (on demand) or, when

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
+#include <sstream>
 #include <regex>
 #include <thread>
 
@@ -175,12 +177,14 @@ TEST_CASE("health_expect status accepts an empty 200 that json rejects", "[probi
 
 namespace {
 
-/// A keep-alive health server on loopback that answers every request on a
-/// connection with `{}` followed by a stray CRLF (a quirk some servers have),
-/// and counts the requests it answered.
-class sloppy_server {
+/// A health server on loopback whose answers a test writes by hand, byte by
+/// byte if it likes: `answer(fd)` runs for every request and returns whether
+/// the connection stays open. Counts the requests it answered.
+class scripted_server {
 public:
-  sloppy_server() {
+  using answer_fn = std::function<bool(int fd)>;
+
+  explicit scripted_server(answer_fn answer) : answer_(std::move(answer)) {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -192,7 +196,7 @@ public:
     port_ = ntohs(a.sin_port);
     thread_ = std::thread([this] { serve(); });
   }
-  ~sloppy_server() {
+  ~scripted_server() {
     stop_ = true;
     thread_.join();
     ::close(fd_);
@@ -233,10 +237,13 @@ private:
         for (auto end = pending[i].find("\r\n\r\n"); end != std::string::npos;
              end = pending[i].find("\r\n\r\n")) {
           pending[i].erase(0, end + 4);
-          const std::string answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                     "Content-Length: 2\r\n\r\n{}\r\n";
-          (void)!::write(fds[i].fd, answer.data(), answer.size());
+          bool keep = answer_(fds[i].fd);
           ++answered_;
+          if (!keep) {
+            ::close(fds[i].fd);
+            fds[i].fd = -1;
+            break;
+          }
         }
       }
     }
@@ -245,6 +252,7 @@ private:
         ::close(fds[i].fd);
   }
 
+  answer_fn answer_;
   int fd_ = -1;
   uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
@@ -252,12 +260,21 @@ private:
   std::thread thread_;
 };
 
+void write_all(int fd, const std::string& bytes) {
+  (void)!::write(fd, bytes.data(), bytes.size());
+}
+
 } // namespace
 
 TEST_CASE("stray bytes after a kept-alive health response do not fail the next probe",
           "[probing][integration]") {
   probing_daemon d{"0.1", "0.1"};
-  sloppy_server server;
+  // `{}` followed by a stray CRLF: a quirk some servers have.
+  scripted_server server{[](int fd) {
+    write_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                  "Content-Length: 2\r\n\r\n{}\r\n");
+    return true;
+  }};
   auto id = d.register_server(server.url());
   REQUIRE(d.wait_status(id, "healthy"));
   REQUIRE(wait_until([&] { return server.answered() >= 6; }, 5s));
@@ -266,6 +283,70 @@ TEST_CASE("stray bytes after a kept-alive health response do not fail the next p
   CHECK(rec["consecutive_failures"] == 0);
   for (const auto& e : d.events(id))
     CHECK(e["event"] != "unhealthy");
+}
+
+TEST_CASE("a health response in pieces, chunked or ended by a close is read whole",
+          "[probing][integration]") {
+  probing_daemon d{"0.1", "0.1"};
+  scripted_server in_pieces{[](int fd) {
+    // The head in three writes, the body in a fourth.
+    write_all(fd, "HTTP/1.1 200 OK\r\nContent-Ty");
+    std::this_thread::sleep_for(5ms);
+    write_all(fd, "pe: application/json\r\nContent-Le");
+    std::this_thread::sleep_for(5ms);
+    write_all(fd, "ngth: 11\r\n\r\n");
+    std::this_thread::sleep_for(5ms);
+    write_all(fd, "{\"ok\":true}");
+    return true;
+  }};
+  scripted_server chunked{[](int fd) {
+    write_all(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n{\"ok\":\r\n");
+    std::this_thread::sleep_for(5ms);
+    write_all(fd, "5\r\ntrue}\r\n0\r\n\r\n");
+    return true;
+  }};
+  scripted_server until_close{[](int fd) {
+    write_all(fd, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"ok\":");
+    std::this_thread::sleep_for(5ms);
+    write_all(fd, "true}");
+    return false; // the body ends with the connection
+  }};
+  std::vector<std::pair<std::string, scripted_server*>> servers{
+    {d.register_server(in_pieces.url()), &in_pieces},
+    {d.register_server(chunked.url()), &chunked},
+    {d.register_server(until_close.url()), &until_close}};
+  for (auto& [id, server] : servers) {
+    INFO(server->url());
+    REQUIRE(d.wait_status(id, "healthy"));
+    REQUIRE(wait_until([&] { return server->answered() >= 4; }, 5s));
+    auto rec = d.record(id);
+    CHECK(rec["status"] == "healthy");
+    CHECK(rec["consecutive_failures"] == 0);
+  }
+}
+
+TEST_CASE("a health body over 64 KiB is invalid_body, with or without a length",
+          "[probing][integration]") {
+  probing_daemon d{"0.1", "0.1"};
+  const std::string big(65 * 1024 + 1, ' ');
+  scripted_server with_length{[&](int fd) {
+    write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(big.size() + 2)
+                    + "\r\n\r\n{" + big + "}");
+    return true;
+  }};
+  scripted_server chunked{[&](int fd) {
+    std::ostringstream hex;
+    hex << std::hex << big.size() + 2;
+    write_all(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + hex.str() + "\r\n{"
+                    + big + "}\r\n0\r\n\r\n");
+    return true;
+  }};
+  for (auto* server : {&with_length, &chunked}) {
+    INFO(server->url());
+    auto id = d.register_server(server->url());
+    REQUIRE(d.wait_status(id, "unhealthy"));
+    CHECK(d.record(id)["last_error_kind"] == "invalid_body");
+  }
 }
 
 TEST_CASE("the api_key of a server is sent on its probes", "[probing][integration]") {
