@@ -80,15 +80,19 @@ void coalescing_actor_clock::cancel_all() {
   }
 }
 
-void coalescing_actor_clock::run_dispatch_loop() {
+void coalescing_actor_clock::run_dispatch_loop(modelgate_scheduler* sched) {
   std::vector<unique_delayed_event_ptr> due;
+  std::vector<caf::resumable*> ready;
   std::unique_lock<std::mutex> lock{mx_};
   while (!done_) {
     // Take the due events out under the lock, deliver them without it: a
     // delivery may drop the last reference to an actor, whose cleanup
     // cancels its timeouts, i.e. calls back into this clock.
-    auto now = this->now();
-    for (auto i = schedule_.begin(); i != schedule_.end() && i->first <= now;) {
+    // Timeouts due within the next `early` go out with this round: one
+    // wake-up instead of one per microsecond-apart timeout (actors that
+    // aim at the same instant through delayed_send land microseconds apart).
+    auto horizon = this->now() + early;
+    for (auto i = schedule_.begin(); i != schedule_.end() && i->first <= horizon;) {
       if (i->second->backlink != actor_lookup_.end())
         actor_lookup_.erase(i->second->backlink);
       due.push_back(std::move(i->second));
@@ -97,8 +101,12 @@ void coalescing_actor_clock::run_dispatch_loop() {
     if (!due.empty()) {
       wake_at_ = time_point::min(); // awake: nobody needs to notify
       lock.unlock();
+      if (sched)
+        sched->begin_round(&ready);
       for (auto& event : due)
         ship(*event);
+      if (sched)
+        sched->enqueue_round();
       due.clear();
       lock.lock();
       continue; // more may have come due meanwhile
@@ -121,11 +129,48 @@ void coalescing_actor_clock::cancel_dispatch_loop() {
   cv_.notify_one();
 }
 
+namespace {
+
+// The round of the clock thread in progress, if any (only ever set there).
+thread_local std::vector<caf::resumable*>* current_round = nullptr;
+
+} // namespace
+
+void modelgate_scheduler::enqueue(caf::resumable* job) {
+  if (current_round != nullptr)
+    current_round->push_back(job);
+  else
+    super::enqueue(job);
+}
+
+void modelgate_scheduler::begin_round(std::vector<caf::resumable*>* jobs) {
+  current_round = jobs;
+}
+
+void modelgate_scheduler::enqueue_round() {
+  auto& jobs = *current_round;
+  current_round = nullptr;
+  if (jobs.empty())
+    return;
+  // The list nodes are allocated before the lock is taken, and the worker is
+  // woken after it is released, so it does not wake into a held lock. One
+  // worker: a round is short jobs (probe ticks), and waking both cost more
+  // CPU than the second one saved (any other job queued meanwhile wakes it).
+  caf::policy::work_sharing::queue_type list(jobs.begin(), jobs.end());
+  auto& d = data();
+  {
+    std::lock_guard<std::mutex> guard{d.lock};
+    d.queue.splice(d.queue.end(), list);
+  }
+  d.cv.notify_one();
+  jobs.clear();
+}
+
 void modelgate_scheduler::start() {
   clock_thread_ = std::thread{[this] {
     caf::detail::set_thread_name("caf.clock");
     system().thread_started();
-    clock_.run_dispatch_loop();
+    clock_.run_dispatch_loop(this);
     system().thread_terminates();
   }};
   super::start();

@@ -5,7 +5,9 @@
 // CAF 0.17.6's own clock wakes its thread on every delayed_send. modelgate's
 // probers each arm their next tick about one interval ahead, so at 10,000
 // servers that was 10,000 needless wake-ups (and context switches) a second;
-// with this clock the thread wakes once per batch of due ticks.
+// with this clock the thread wakes once per batch of due ticks. A timeout may
+// arrive up to 1 ms early, so that timeouts aimed at the same instant share
+// one wake-up.
 //
 // Use: `cfg.load<mg::modelgate_scheduler>()` before constructing the
 // actor_system. modelgated does; an embedding program may.
@@ -14,6 +16,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include <caf/actor_system.hpp>
 #include <caf/detail/thread_safe_actor_clock.hpp>
@@ -45,13 +48,18 @@ public:
   void cancel_all() override;
 
   /// Dispatches due timeouts until cancel_dispatch_loop(); run by one thread.
-  void run_dispatch_loop();
+  /// Actors made ready by one round of deliveries reach `sched` (when
+  /// given) in one batch.
+  void run_dispatch_loop(class modelgate_scheduler* sched = nullptr);
   void cancel_dispatch_loop();
 
 private:
   /// Wakes the dispatch thread if `t` is earlier than its planned wake-up.
   /// Called with mx_ held.
   void wake_for(time_point t);
+
+  /// How early a timeout may be delivered to share a round with others.
+  static constexpr auto early = std::chrono::milliseconds(1);
 
   std::mutex mx_;
   std::condition_variable cv_;
@@ -72,6 +80,13 @@ public:
   caf::detail::thread_safe_actor_clock& clock() noexcept override {
     return clock_;
   }
+
+  /// Jobs made ready while the clock thread delivers a round of timeouts are
+  /// held back and queued together by enqueue_round: one lock of the job
+  /// queue and one worker woken per round, not one per job.
+  void enqueue(caf::resumable* job) override;
+  void begin_round(std::vector<caf::resumable*>* jobs);
+  void enqueue_round();
 
 protected:
   void start() override;

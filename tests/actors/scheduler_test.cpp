@@ -106,3 +106,24 @@ TEST_CASE("actors that stop with delayed messages pending shut the system down c
   // The actor_system destructor waits for every actor; a deadlock or a
   // crash here fails the test run.
 }
+
+TEST_CASE_METHOD(scheduler_fixture,
+                 "actors due at the same instant are all run, though one round wakes one worker",
+                 "[scheduler]") {
+  caf::actor me{self};
+  constexpr int n = 500;
+  for (int i = 0; i < n; ++i)
+    sys.spawn([me, i](caf::event_based_actor* actor) -> caf::behavior {
+      actor->delayed_send(actor, 50ms, ping_atom::value);
+      return {[=](ping_atom) {
+        actor->send(me, i);
+        actor->quit();
+      }};
+    });
+  std::vector<bool> seen(n, false);
+  int count = 0;
+  for (int k = 0; k < n; ++k)
+    self->receive([&](int i) { count += seen.at(static_cast<size_t>(i)) ? 0 : 1; seen[i] = true; },
+                  caf::after(5s) >> [] { FAIL("an actor's delayed message never came"); });
+  CHECK(count == n);
+}
