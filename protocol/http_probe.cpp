@@ -427,7 +427,7 @@ private:
   }
 
   probe_runtime::impl& rt_;
-  static constexpr size_t read_chunk = 4096;
+  static constexpr size_t read_chunk = 512; // a health answer is a few hundred bytes
   resolver_type resolver_;
   socket_type socket_;
   probe_target target_;
