@@ -32,6 +32,8 @@ struct modelgate_config {
   log_format format = log_format::text;
   double header_timeout_seconds = 10;
   size_t max_connections = 10'000;
+  /// HTTP threads poll this long after work before sleeping (0: never).
+  uint32_t busy_poll_us = 50;
   double upstream_connect_timeout_seconds = 5;
   double upstream_timeout_seconds = 600;
   double stream_idle_timeout_seconds = 300;

@@ -118,6 +118,9 @@ TEST_CASE("bad values exit 2 with one line naming the option", "[options]") {
     {{"--log-format", "xml"}, "--log-format"},
     {{"--max-connections", "0"}, "--max-connections"},
     {{"--header-timeout", "-1"}, "--header-timeout"},
+    {{"--busy-poll-us", "-1"}, "--busy-poll-us"},
+    {{"--busy-poll-us", "20000"}, "--busy-poll-us"},
+    {{"--busy-poll-us", "fast"}, "--busy-poll-us"},
     {{"--bogus", "1"}, "--bogus"},
     {{"--config", "/nonexistent/modelgate.toml"}, "--config"},
   };
@@ -160,4 +163,15 @@ TEST_CASE("the help flag prints the options and exits 0", "[options]") {
   CHECK_FALSE(o.config);
   CHECK(o.exit_code == 0);
   CHECK(o.output.find("--health-interval") != std::string::npos);
+}
+
+TEST_CASE("busy polling is 50 us by default and set by flag, env or file", "[options]") {
+  CHECK(parse({}).config->busy_poll_us == 50);
+  CHECK(parse({"--busy-poll-us", "0"}).config->busy_poll_us == 0);
+  fake_env env;
+  env.vars["MODELGATE_BUSY_POLL_MICROSECONDS"] = "200";
+  CHECK(parse({}, env).config->busy_poll_us == 200);
+  CHECK(parse({"--busy-poll-us", "7"}, env).config->busy_poll_us == 7);
+  temp_file file{"busy-poll-us = 0\n"};
+  CHECK(parse({"--config", file.path}).config->busy_poll_us == 0);
 }

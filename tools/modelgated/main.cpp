@@ -71,6 +71,7 @@ int run(const mg::modelgate_config& cfg) {
     http_opts.port = cfg.listen_port;
     http_opts.header_timeout = to_ms(cfg.header_timeout_seconds);
     http_opts.max_connections = cfg.max_connections;
+    http_opts.busy_poll = std::chrono::microseconds(cfg.busy_poll_us);
     http_opts.body_limit = body_limit_of;
     mg::http_server server{http_opts, [handles](std::shared_ptr<mg::http_exchange> ex) {
                              mg::dispatch_http(handles, std::move(ex));

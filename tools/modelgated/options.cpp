@@ -42,6 +42,8 @@ const option_spec option_table[] = {
   {"log-format", "MODELGATE_LOG_FORMAT", "text or json"},
   {"header-timeout", "MODELGATE_HEADER_TIMEOUT_SECONDS", "seconds a client has to send a request's headers"},
   {"max-connections", "MODELGATE_MAX_CONNECTIONS", "concurrent client connections (>= 1)"},
+  {"busy-poll-us", "MODELGATE_BUSY_POLL_MICROSECONDS",
+   "HTTP threads keep polling this many microseconds after work before sleeping (0: off)"},
   {"upstream-connect-timeout", "MODELGATE_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "gateway: connect timeout in seconds"},
   {"upstream-timeout", "MODELGATE_UPSTREAM_TIMEOUT_SECONDS", "gateway: seconds until the response headers"},
   {"stream-idle-timeout", "MODELGATE_STREAM_IDLE_TIMEOUT_SECONDS", "gateway: longest gap between stream chunks"},
@@ -303,6 +305,8 @@ void apply(modelgate_config& cfg, const std::string& name, const raw_value& v) {
     cfg.header_timeout_seconds = to_seconds(v, 0, false);
   else if (name == "max-connections")
     cfg.max_connections = static_cast<size_t>(to_integer(v, 1, 1'000'000));
+  else if (name == "busy-poll-us")
+    cfg.busy_poll_us = static_cast<uint32_t>(to_integer(v, 0, 10'000));
   else if (name == "upstream-connect-timeout")
     cfg.upstream_connect_timeout_seconds = to_seconds(v, 0, false);
   else if (name == "upstream-timeout")
