@@ -150,6 +150,7 @@ struct probe_runtime::impl {
   std::vector<std::pair<probe_callback, probe_outcome>> finished;  // on-demand probes
   timer_type flusher{ioc.get_executor()};
   bool flush_armed = false;
+  bool urgent_flush_posted = false;
 
   void add_deadline(clock_type::time_point at, std::weak_ptr<probe_client> client,
                     uint64_t number);
@@ -506,8 +507,18 @@ void probe_runtime::impl::hand_on(probe_callback done, probe_outcome out) {
 }
 
 void probe_runtime::impl::hand_on(probe_report report) {
+  bool news = !report.outcome.healthy;
   reports.push_back(std::move(report));
   arm_flusher();
+  if (news && !urgent_flush_posted) {
+    // A failure may change a server's status: it goes out as soon as the
+    // handlers now ready have run, not after the batching delay.
+    urgent_flush_posted = true;
+    asio::post(ioc, [this] {
+      urgent_flush_posted = false;
+      flush();
+    });
+  }
 }
 
 void probe_runtime::impl::arm_flusher() {

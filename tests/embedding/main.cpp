@@ -15,6 +15,7 @@
 #include <caf/scoped_actor.hpp>
 
 #include "actors/modelgate.hpp"
+#include "actors/scheduler.hpp"
 #include "protocol/validation.hpp"
 
 using namespace std::chrono_literals;
@@ -74,6 +75,7 @@ int main(int argc, char** argv) {
 
   caf::actor_system_config sys_cfg;
   sys_cfg.set("scheduler.max-threads", 2);
+  sys_cfg.load<mg::modelgate_scheduler>(); // the daemon's scheduler, from the installed headers
   caf::actor_system sys{sys_cfg};
 
   mg::modelgate_config cfg;
