@@ -53,6 +53,9 @@ prober_actor::behavior_type prober_impl(prober_self self, prober_options options
   std::uniform_int_distribution<int64_t> offset(0, std::max<int64_t>(0, st.options.interval.count() - 1));
   auto first = offset(st.rng);
   st.next_due_ms = st.options.clock() + first;
+  // A probe still in flight when the prober stops must not count: the
+  // server may be deregistered, probing paused, or a new prober started.
+  self->attach_functor([driver = st.options.driver] { driver->abandon(); });
   st.options.schedule(self, std::chrono::milliseconds(first), st.tick_number);
   return {
     [=](tick_atom, uint64_t number) {

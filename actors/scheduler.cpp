@@ -131,13 +131,16 @@ void coalescing_actor_clock::cancel_dispatch_loop() {
 
 namespace {
 
-// The round of the clock thread in progress, if any (only ever set there).
+// The round of the clock thread in progress, if any (only ever set there),
+// and the scheduler it belongs to: a job of another actor system made ready
+// by this round goes to its own scheduler.
 thread_local std::vector<caf::resumable*>* current_round = nullptr;
+thread_local modelgate_scheduler* round_owner = nullptr;
 
 } // namespace
 
 void modelgate_scheduler::enqueue(caf::resumable* job) {
-  if (current_round != nullptr)
+  if (current_round != nullptr && round_owner == this)
     current_round->push_back(job);
   else
     super::enqueue(job);
@@ -145,11 +148,13 @@ void modelgate_scheduler::enqueue(caf::resumable* job) {
 
 void modelgate_scheduler::begin_round(std::vector<caf::resumable*>* jobs) {
   current_round = jobs;
+  round_owner = this;
 }
 
 void modelgate_scheduler::enqueue_round() {
   auto& jobs = *current_round;
   current_round = nullptr;
+  round_owner = nullptr;
   if (jobs.empty())
     return;
   // The list nodes are allocated before the lock is taken, and the worker is

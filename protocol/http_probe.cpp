@@ -205,6 +205,14 @@ public:
     return true;
   }
 
+  void abandon() override {
+    abandoned_.store(true, std::memory_order_release);
+    asio::post(rt_.ioc, [self = shared_from_this()] {
+      if (!self->finished_ && self->scheduled_)
+        self->expire(self->probe_number_); // ends as a timeout, unreported
+    });
+  }
+
   bool in_flight(uint64_t number) const {
     return !finished_ && number == probe_number_;
   }
@@ -411,7 +419,8 @@ private:
     if (scheduled_) {
       scheduled_ = false;
       out.lateness_ms = lateness_ms_;
-      rt_.hand_on(probe_report{target_.server_id, generation_, std::move(out)});
+      if (!abandoned_.load(std::memory_order_acquire))
+        rt_.hand_on(probe_report{target_.server_id, generation_, std::move(out)});
       scheduled_busy_.store(false, std::memory_order_release);
     } else if (done_) {
       rt_.hand_on(std::move(done_), std::move(out));
@@ -447,6 +456,7 @@ private:
   uint64_t generation_ = 0;
   double lateness_ms_ = 0;
   std::atomic<bool> scheduled_busy_{false};
+  std::atomic<bool> abandoned_{false}; // the prober stopped: report nothing more
   clock_type::time_point started_;
   uint64_t probe_number_ = 0;
   step step_ = step::resolve;
@@ -567,7 +577,12 @@ void probe_runtime::stop() {
   if (impl_->stopped.exchange(true))
     return;
   impl_->guard.reset();
-  impl_->ioc.stop();
+  // Reports still waiting for their batch go out first, so the registry's
+  // final flush has them; probes in flight never complete.
+  asio::post(impl_->ioc, [i = impl_.get()] {
+    i->flush();
+    i->ioc.stop();
+  });
   if (impl_->thread.joinable())
     impl_->thread.join();
 }

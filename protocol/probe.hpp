@@ -74,6 +74,10 @@ public:
   /// scheduled probe is still running it starts nothing and returns false.
   virtual bool probe_scheduled(std::chrono::milliseconds timeout, uint64_t generation,
                                double lateness_ms) = 0;
+  /// Called by the prober when it stops (deregistration, pause, shutdown):
+  /// a scheduled probe still in flight ends at once and reports nothing, as
+  /// if its prober had never started it. Any thread.
+  virtual void abandon() = 0;
 };
 
 /// Makes the driver of one server; the daemon's makes HTTP probe clients,

@@ -38,6 +38,7 @@ struct fake_probes {
     probe_callback done;                     // on demand
     probe_report report;                     // scheduled: id, generation, lateness
     std::shared_ptr<std::atomic<bool>> busy; // scheduled: the driver's in-flight flag
+    std::shared_ptr<std::atomic<bool>> abandoned; // scheduled: its prober stopped
   };
   std::mutex mtx;
   std::deque<pending_probe> pending;
@@ -51,7 +52,7 @@ struct fake_probes {
     outcome.lateness_ms = p.report.outcome.lateness_ms;
     p.report.outcome = std::move(outcome);
     p.busy->store(false);
-    if (sink)
+    if (sink && !p.abandoned->load())
       sink(std::vector<probe_report>{std::move(p.report)});
   }
 
@@ -100,8 +101,13 @@ public:
     p.report.generation = generation;
     p.report.outcome.lateness_ms = lateness_ms;
     p.busy = busy_;
+    p.abandoned = abandoned_;
     start(std::move(p));
     return true;
+  }
+
+  void abandon() override {
+    abandoned_->store(true);
   }
 
 private:
@@ -122,6 +128,7 @@ private:
   std::shared_ptr<fake_probes> probes_;
   std::string id_;
   std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
+  std::shared_ptr<std::atomic<bool>> abandoned_ = std::make_shared<std::atomic<bool>>(false);
 };
 
 inline probe_driver_factory make_fake_factory(std::shared_ptr<fake_probes> probes) {

@@ -137,3 +137,22 @@ TEST_CASE_METHOD(prober_fixture, "probe outcomes reach the registry", "[prober]"
   probes->complete(test::healthy_outcome());
   REQUIRE(test::wait_until([&] { return record().status == server_status::healthy; }));
 }
+
+TEST_CASE_METHOD(prober_fixture, "a probe in flight when its prober stops reports nothing",
+                 "[prober]") {
+  REQUIRE(test::wait_until([&] { return ticks.count() == 1; }));
+  fire(0);
+  REQUIRE(test::wait_until([&] { return probes->in_flight() == 1; }));
+  self->monitor(prober);
+  self->send_exit(prober, caf::exit_reason::user_shutdown);
+  bool down = false;
+  self->receive([&](caf::down_msg&) { down = true; },
+                caf::after(5s) >> [] { FAIL("the prober did not stop"); });
+  REQUIRE(down);
+  // The probe completes after its prober is gone (a pause, a deregistration):
+  // the registry must not hear of it. A later request to the registry is
+  // answered after anything the completion sent it.
+  probes->complete(test::healthy_outcome());
+  CHECK(record().status == server_status::unknown);
+  CHECK(record().last_check_at == std::nullopt);
+}
