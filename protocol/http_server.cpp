@@ -8,6 +8,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <unordered_map>
 #include <optional>
 #include <stdexcept>
 #include <thread>
@@ -210,12 +211,18 @@ private:
   std::map<std::string, std::vector<int>> idle_;
 };
 
+class session;
+
 /// What every session of one server shares; outlives the sessions.
 struct shared_state {
   http_server_options options;
   request_handler handler;
   std::atomic<size_t> open_connections{0};
   std::unique_ptr<upstream_pool> pool;
+  // Live sessions, so that stop() can end the proxy tries still running
+  // (see session::abandon). Guarded by sessions_mutex.
+  std::mutex sessions_mutex;
+  std::unordered_map<const session*, std::weak_ptr<session>> sessions;
 };
 
 std::string sse_error_event(const std::string& message, const char* code) {
@@ -236,6 +243,10 @@ public:
   }
 
   ~session() {
+    {
+      std::lock_guard<std::mutex> guard{state_->sessions_mutex};
+      state_->sessions.erase(this);
+    }
     // An upstream connection this client kept warm goes back to the pool.
     if (up_ && up_kept_) {
       beast::error_code ec;
@@ -247,6 +258,10 @@ public:
   }
 
   void run() {
+    {
+      std::lock_guard<std::mutex> guard{state_->sessions_mutex};
+      state_->sessions.emplace(this, weak_from_this());
+    }
     asio::dispatch(socket_.get_executor(),
                    beast::bind_front_handler(&session::on_start, shared_from_this()));
   }
@@ -260,6 +275,24 @@ public:
 
   const http_request& request() const {
     return request_;
+  }
+
+  /// Called once the server's threads have stopped, so no handler of this
+  /// session runs again: drops the try in flight. Its callback holds the
+  /// exchange, which holds this session: a cycle that, left alone, would
+  /// keep the session, the request handler and the actors it refers to
+  /// alive for ever (and the daemon would hang at exit).
+  void abandon() {
+    auto done = std::move(up_done_);
+    up_done_ = nullptr;
+    beast::error_code ec;
+    if (up_)
+      up_->close(ec);
+    socket_.close(ec);
+    client_deadline_.cancel();
+    up_deadline_.cancel();
+    // `done` goes here; the exchange it held answers nobody (its answer is
+    // posted to a stopped io_context).
   }
 
   /// Called by exchanges from any thread: one try against an upstream.
@@ -1168,6 +1201,19 @@ void http_server::stop() {
       t.join();
   beast::error_code ec;
   impl_->acceptor.close(ec);
+  // No handler runs any more: end the sessions' tries in flight (see
+  // session::abandon). Locked one at a time, outside the registry's lock,
+  // since ending a try may destroy other sessions.
+  std::vector<std::shared_ptr<session>> live;
+  {
+    std::lock_guard<std::mutex> guard{impl_->state->sessions_mutex};
+    for (auto& [ptr, weak] : impl_->state->sessions)
+      if (auto s = weak.lock())
+        live.push_back(std::move(s));
+  }
+  for (auto& s : live)
+    s->abandon();
+  live.clear();
 }
 
 } // namespace mg

@@ -1322,3 +1322,30 @@ TEST_CASE("the official openai npm client chats and streams through the gateway"
   // The client's api key stayed at the gateway.
   CHECK(!mock.last_request()["headers"].contains("authorization"));
 }
+
+TEST_CASE("SIGTERM with gateway requests in flight exits 0 within 5 seconds",
+          "[gateway][integration]") {
+  gw_daemon d;
+  REQUIRE(d.client.post("/v1/health-checker/stop", "").status == 200);
+  gw_mock mock{{"--mode", "slow", "--slow-ms", "10000"}};
+  d.register_server(mock.url(), {"m"});
+  // Tries in flight, a plain one and a stream, each holding its exchange:
+  // they must not keep the daemon from exiting.
+  std::vector<std::unique_ptr<tcp_connection>> clients;
+  for (bool stream : {false, true, false}) {
+    auto c = std::make_unique<tcp_connection>("127.0.0.1", d.proc.port(), 3000ms);
+    std::string body = chat_body("m", stream).dump();
+    REQUIRE(c->send_all("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                        "Content-Type: application/json\r\nContent-Length: "
+                          + std::to_string(body.size()) + "\r\n\r\n" + body,
+                        3000ms));
+    clients.push_back(std::move(c));
+  }
+  REQUIRE(wait_until([&] { return mock.requests("/v1/chat/completions") == 3; }, 3s));
+  auto t0 = clock_type::now();
+  d.proc.terminate();
+  auto status = d.proc.wait_exit(5s);
+  REQUIRE(status);
+  CHECK(*status == 0);
+  CHECK(clock_type::now() - t0 < 5s);
+}
