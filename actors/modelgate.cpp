@@ -24,10 +24,7 @@ modelgate_handles spawn_modelgate(caf::actor_system& sys, const modelgate_config
   ro.stats_sink = stats;
   handles.registry = spawn_registry(sys, std::move(ro));
   // Scheduled probes report straight to the registry, a batch per message.
-  handles.probes = std::make_shared<probe_runtime>(
-    [registry = handles.registry](std::vector<probe_report> batch) {
-      caf::anon_send(registry, probed_atom::value, std::move(batch));
-    });
+  handles.probes = std::make_shared<probe_runtime>(report_sink_to(handles.registry));
   supervisor_options so;
   so.registry = handles.registry;
   so.health = config.health;

@@ -462,6 +462,12 @@ registry_actor::behavior_type registry_impl(registry_self self, registry_options
 
 } // namespace
 
+probe_report_sink report_sink_to(registry_actor registry) {
+  return [registry = std::move(registry)](std::vector<probe_report> batch) {
+    caf::anon_send(registry, probed_atom::value, std::move(batch));
+  };
+}
+
 registry_actor spawn_registry(caf::actor_system& sys, registry_options options, bool detached) {
   if (detached)
     return sys.spawn<caf::detached>(registry_impl, std::move(options));

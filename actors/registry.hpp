@@ -38,4 +38,8 @@ struct registry_options {
 registry_actor spawn_registry(caf::actor_system& sys, registry_options options,
                               bool detached = true);
 
+/// Where scheduled probes report: each batch goes to `registry` as one
+/// `probed_atom` message.
+probe_report_sink report_sink_to(registry_actor registry);
+
 } // namespace mg

@@ -44,9 +44,7 @@ struct prober_fixture {
     po.generation = server.generation;
     po.interval = 1000ms;
     po.timeout = 500ms;
-    probes->sink = [r = reg](std::vector<probe_report> batch) {
-      caf::anon_send(r, probed_atom::value, std::move(batch));
-    };
+    probes->sink = report_sink_to(reg);
     po.driver = test::make_fake_factory(probes)(po.target);
     auto clock = now;
     po.clock = [clock] { return clock->load(); };

@@ -237,16 +237,9 @@ TEST_CASE("routine probe timings reach the disk later than state changes, and at
     fixture f{db};
     auto a = f.ask<register_reply>(register_atom::value, f.make_registration("http://a:1")).record;
     auto b = f.ask<register_reply>(register_atom::value, f.make_registration("http://b:1")).record;
-    auto outcome = [](bool healthy, double ms) {
-      probe_outcome o;
-      o.healthy = healthy;
+    auto healthy_in = [](double ms) {
+      auto o = test::healthy_outcome();
       o.response_time_ms = ms;
-      o.status_code = healthy ? 200 : 500;
-      if (!healthy) {
-        o.error = "HTTP 500";
-        o.error_kind = "http_status";
-      }
-      o.at = 1;
       return o;
     };
     auto on_disk = [&](const std::string& id) {
@@ -262,12 +255,12 @@ TEST_CASE("routine probe timings reach the disk later than state changes, and at
                    std::vector<probe_report>{probe_report{r.id, r.generation, std::move(o)}});
     };
     // unknown -> healthy is a state change: on disk within the health flush.
-    report(a, outcome(true, 1));
+    report(a, healthy_in(1));
     REQUIRE(test::wait_until([&] { return on_disk(a.id).status == server_status::healthy; }));
     // A routine success (healthy, still healthy) changes timings only.
-    report(a, outcome(true, 7));
+    report(a, healthy_in(7));
     // b turning unhealthy forces a health commit; a's new timing is not in it.
-    report(b, outcome(false, 3));
+    report(b, test::failed_outcome("http_status"));
     REQUIRE(test::wait_until([&] { return on_disk(b.id).status == server_status::unhealthy; }));
     CHECK(on_disk(a.id).last_response_time_ms == Approx(1));
     CHECK(f.ask<server_record>(get_atom::value, a.id).last_response_time_ms == Approx(7));

@@ -45,9 +45,7 @@ struct supervisor_fixture {
     supervisor_options so;
     so.registry = reg;
     so.health = h;
-    probes->sink = [r = reg](std::vector<probe_report> batch) {
-      caf::anon_send(r, probed_atom::value, std::move(batch));
-    };
+    probes->sink = report_sink_to(reg);
     so.make_driver = test::make_fake_factory(probes);
     so.schedule = ticks.scheduler();
     so.summary_log = false;
