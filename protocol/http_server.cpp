@@ -281,16 +281,11 @@ public:
   /// session runs again: drops the try in flight. Its callback holds the
   /// exchange, which holds this session: a cycle that, left alone, would
   /// keep the session, the request handler and the actors it refers to
-  /// alive for ever (and the daemon would hang at exit).
+  /// alive for ever (and the daemon would hang at exit). Once it is broken,
+  /// destroying the stopped io_context frees the session and its sockets.
   void abandon() {
     auto done = std::move(up_done_);
     up_done_ = nullptr;
-    beast::error_code ec;
-    if (up_)
-      up_->close(ec);
-    socket_.close(ec);
-    client_deadline_.cancel();
-    up_deadline_.cancel();
     // `done` goes here; the exchange it held answers nobody (its answer is
     // posted to a stopped io_context).
   }
@@ -1040,6 +1035,8 @@ void session::dispatch_request() {
 
 } // namespace
 
+namespace {
+
 /// Runs `ctx` until it stops. After each burst of work the thread keeps
 /// polling for `spin` before it blocks in epoll_wait: the next request, or
 /// the upstream's answer, usually comes within tens of microseconds, and
@@ -1068,6 +1065,8 @@ void run_busy_polling(asio::io_context& ctx, std::chrono::microseconds spin) {
     last_work = clk::now();
   }
 }
+
+} // namespace
 
 struct http_server::impl {
   std::shared_ptr<shared_state> state;
@@ -1202,8 +1201,8 @@ void http_server::stop() {
   beast::error_code ec;
   impl_->acceptor.close(ec);
   // No handler runs any more: end the sessions' tries in flight (see
-  // session::abandon). Locked one at a time, outside the registry's lock,
-  // since ending a try may destroy other sessions.
+  // session::abandon), outside sessions_mutex, since ending a try may
+  // destroy sessions, which take it.
   std::vector<std::shared_ptr<session>> live;
   {
     std::lock_guard<std::mutex> guard{impl_->state->sessions_mutex};
