@@ -1,8 +1,12 @@
 """Process helpers shared by the benchmark scripts in this folder: start
-programs, wait for their announcement line, and kill whatever is left at exit."""
+programs, wait for their announcement line, read their CPU time, and kill
+whatever is left at exit."""
+import os
 import socket
 import subprocess
 import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 STARTED = []  # every process started here, killed at exit whatever happens
 
@@ -17,6 +21,13 @@ def kill_started():
     for p in STARTED:
         if p.poll() is None:
             p.kill()
+
+
+def cpu_seconds(pid):
+    """CPU seconds (user + system) process `pid` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
 def free_port():

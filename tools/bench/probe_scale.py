@@ -31,11 +31,10 @@ import sys
 import tempfile
 import time
 
-from benchlib import free_port, kill_started, spawn, wait_line
+from benchlib import cpu_seconds, free_port, kill_started, spawn, wait_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "build", "bin")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PORTS_PER_MOCK = 5000
 
 
@@ -52,12 +51,6 @@ def raise_fd_limit():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
 def rss_kib(pid):

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import free_port, kill_started, spawn, wait_line
+from benchlib import cpu_seconds, free_port, kill_started, spawn, wait_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "build", "bin")
@@ -45,15 +45,6 @@ BODY = '{"model":"mock-model","messages":[{"role":"user","content":"Say hello"}]
 
 
 
-
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
 def wrk(url, connections, threads, seconds, script, pid=None):
