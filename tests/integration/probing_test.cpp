@@ -6,18 +6,13 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <functional>
 #include <sstream>
 #include <regex>
 #include <thread>
 
+#include "../scripted_server.hpp"
 #include "admin_calls.hpp"
 #include "harness.hpp"
 #include "mock_process.hpp"
@@ -176,94 +171,6 @@ TEST_CASE("health_expect status accepts an empty 200 that json rejects", "[probi
 }
 
 namespace {
-
-/// A health server on loopback whose answers a test writes by hand, byte by
-/// byte if it likes: `answer(fd)` runs for every request and returns whether
-/// the connection stays open. Counts the requests it answered.
-class scripted_server {
-public:
-  using answer_fn = std::function<bool(int fd)>;
-
-  explicit scripted_server(answer_fn answer) : answer_(std::move(answer)) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    REQUIRE(::listen(fd_, 8) == 0);
-    socklen_t len = sizeof a;
-    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    thread_ = std::thread([this] { serve(); });
-  }
-  ~scripted_server() {
-    stop_ = true;
-    thread_.join();
-    ::close(fd_);
-  }
-  std::string url() const {
-    return "http://127.0.0.1:" + std::to_string(port_);
-  }
-  int answered() const {
-    return answered_;
-  }
-
-private:
-  void serve() {
-    std::vector<pollfd> fds{{fd_, POLLIN, 0}};
-    std::vector<std::string> pending{""};
-    while (!stop_) {
-      if (::poll(fds.data(), fds.size(), 50) <= 0)
-        continue;
-      for (size_t i = 0; i < fds.size(); ++i) {
-        if (!(fds[i].revents & (POLLIN | POLLHUP)))
-          continue;
-        if (i == 0) {
-          int c = ::accept(fd_, nullptr, nullptr);
-          if (c >= 0) {
-            fds.push_back({c, POLLIN, 0});
-            pending.emplace_back();
-          }
-          continue;
-        }
-        char buf[4096];
-        auto n = ::read(fds[i].fd, buf, sizeof buf);
-        if (n <= 0) {
-          ::close(fds[i].fd);
-          fds[i].fd = -1; // poll ignores it from now on
-          continue;
-        }
-        pending[i].append(buf, static_cast<size_t>(n));
-        for (auto end = pending[i].find("\r\n\r\n"); end != std::string::npos;
-             end = pending[i].find("\r\n\r\n")) {
-          pending[i].erase(0, end + 4);
-          bool keep = answer_(fds[i].fd);
-          ++answered_;
-          if (!keep) {
-            ::close(fds[i].fd);
-            fds[i].fd = -1;
-            break;
-          }
-        }
-      }
-    }
-    for (size_t i = 1; i < fds.size(); ++i)
-      if (fds[i].fd >= 0)
-        ::close(fds[i].fd);
-  }
-
-  answer_fn answer_;
-  int fd_ = -1;
-  uint16_t port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::atomic<int> answered_{0};
-  std::thread thread_;
-};
-
-/// Writes what it can; a client that went away is not a failure here.
-void write_all(int fd, const std::string& bytes) {
-  (void)!::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-}
 
 } // namespace
 
