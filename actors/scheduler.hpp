@@ -7,7 +7,7 @@
 // servers that was 10,000 needless wake-ups (and context switches) a second;
 // with this clock the thread wakes once per batch of due ticks. A timeout may
 // arrive up to 1 ms early, so that timeouts aimed at the same instant share
-// one wake-up.
+// one wake-up; a request's timeout up to 100 ms late, for the same reason.
 //
 // Use: `cfg.load<mg::modelgate_scheduler>()` before constructing the
 // actor_system. modelgated does; an embedding program may.
@@ -60,6 +60,9 @@ private:
 
   /// How early a timeout may be delivered to share a round with others.
   static constexpr auto early = std::chrono::milliseconds(1);
+
+  /// The grid request timeouts are rounded up to (set_request_timeout).
+  static constexpr auto request_timeout_grain = std::chrono::milliseconds(100);
 
   std::mutex mx_;
   std::condition_variable cv_;

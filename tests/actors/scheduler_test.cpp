@@ -82,6 +82,9 @@ TEST_CASE_METHOD(scheduler_fixture, "a request to a silent actor times out on th
     .receive([](int) { FAIL("a silent actor answered"); },
              [&](caf::error& e) { timed_out = e == caf::sec::request_timeout; });
   CHECK(timed_out);
+  // Rounded up to the clock's 100 ms grid: never early (beyond the 1 ms any
+  // timeout may be), late by at most the grid.
+  CHECK(ms_since(t0) >= 49);
   CHECK(ms_since(t0) < 1000);
   self->send_exit(silent, caf::exit_reason::user_shutdown);
 }
