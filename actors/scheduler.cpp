@@ -1,5 +1,6 @@
 #include "actors/scheduler.hpp"
 
+#include <algorithm>
 #include <vector>
 
 #include <caf/detail/set_thread_name.hpp>
@@ -65,9 +66,38 @@ void coalescing_actor_clock::cancel_timeouts(caf::abstract_actor* self) {
 
 void coalescing_actor_clock::schedule_message(time_point t, caf::strong_actor_ptr receiver,
                                               caf::mailbox_element_ptr content) {
+  auto width = std::chrono::duration_cast<duration_type>(bucket_width);
+  auto start = time_point{(t.time_since_epoch() / width) * width};
   guard g{mx_};
-  super::schedule_message(t, std::move(receiver), std::move(content));
-  wake_for(t);
+  auto bucket = messages_.find(start);
+  if (bucket == messages_.end()) {
+    message_bucket storage;
+    if (!spare_buckets_.empty()) {
+      storage = std::move(spare_buckets_.back());
+      spare_buckets_.pop_back();
+    }
+    bucket = messages_.emplace(start, std::move(storage)).first;
+  }
+  bucket->second.push_back(delayed_message{t, std::move(receiver), std::move(content)});
+  // A bucket goes out when its start is due: its messages up to 1 ms early,
+  // as any timeout may be.
+  wake_for(start);
+}
+
+void coalescing_actor_clock::take_due_messages(time_point now, std::vector<message_bucket>& out) {
+  for (auto i = messages_.begin(); i != messages_.end() && i->first <= now;) {
+    out.push_back(std::move(i->second));
+    i = messages_.erase(i);
+  }
+}
+
+coalescing_actor_clock::time_point coalescing_actor_clock::next_due() const {
+  auto due = time_point::max();
+  if (!schedule_.empty())
+    due = schedule_.begin()->first;
+  if (!messages_.empty())
+    due = std::min(due, messages_.begin()->first);
+  return due;
 }
 
 void coalescing_actor_clock::schedule_message(time_point t, caf::group target,
@@ -81,15 +111,19 @@ void coalescing_actor_clock::schedule_message(time_point t, caf::group target,
 void coalescing_actor_clock::cancel_all() {
   // Destroyed outside the lock, for the reason given in run_dispatch_loop.
   schedule_map dropped;
+  std::map<time_point, message_bucket> dropped_messages;
   {
     guard g{mx_};
     actor_lookup_.clear();
     dropped.swap(schedule_);
+    dropped_messages.swap(messages_);
+    spare_buckets_.clear();
   }
 }
 
 void coalescing_actor_clock::run_dispatch_loop(modelgate_scheduler* sched) {
   std::vector<unique_delayed_event_ptr> due;
+  std::vector<message_bucket> due_messages;
   std::vector<caf::resumable*> ready;
   std::unique_lock<std::mutex> lock{mx_};
   while (!done_) {
@@ -99,33 +133,49 @@ void coalescing_actor_clock::run_dispatch_loop(modelgate_scheduler* sched) {
     // Timeouts due within the next `early` go out with this round: one
     // wake-up instead of one per microsecond-apart timeout (actors that
     // aim at the same instant through delayed_send land microseconds apart).
-    auto horizon = this->now() + early;
+    auto now = this->now();
+    auto horizon = now + early;
     for (auto i = schedule_.begin(); i != schedule_.end() && i->first <= horizon;) {
       if (i->second->backlink != actor_lookup_.end())
         actor_lookup_.erase(i->second->backlink);
       due.push_back(std::move(i->second));
       i = schedule_.erase(i);
     }
-    if (!due.empty()) {
+    take_due_messages(now, due_messages);
+    if (!due.empty() || !due_messages.empty()) {
       wake_at_ = time_point::min(); // awake: nobody needs to notify
       lock.unlock();
       if (sched)
         sched->begin_round(&ready);
       for (auto& event : due)
         ship(*event);
+      for (auto& bucket : due_messages) {
+        // A bucket holds up to 1 ms of due times in the order they were
+        // scheduled: delivered in due order, like CAF's multimap would.
+        auto by_due = [](const delayed_message& a, const delayed_message& b) {
+          return a.due < b.due;
+        };
+        if (!std::is_sorted(bucket.begin(), bucket.end(), by_due))
+          std::stable_sort(bucket.begin(), bucket.end(), by_due);
+        for (auto& message : bucket)
+          message.receiver->enqueue(std::move(message.content), nullptr);
+        bucket.clear(); // drops the receivers' references outside the lock
+      }
       if (sched)
         sched->enqueue_round();
       due.clear();
       lock.lock();
+      for (auto& bucket : due_messages)
+        if (spare_buckets_.size() < max_spare_buckets)
+          spare_buckets_.push_back(std::move(bucket));
+      due_messages.clear();
       continue; // more may have come due meanwhile
     }
-    if (schedule_.empty()) {
-      wake_at_ = time_point::max();
+    wake_at_ = next_due();
+    if (wake_at_ == time_point::max())
       cv_.wait(lock);
-    } else {
-      wake_at_ = schedule_.begin()->first;
+    else
       cv_.wait_until(lock, wake_at_);
-    }
   }
   lock.unlock();
   cancel_all();

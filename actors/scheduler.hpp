@@ -14,6 +14,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -63,6 +64,29 @@ private:
 
   /// The grid request timeouts are rounded up to (set_request_timeout).
   static constexpr auto request_timeout_grain = std::chrono::milliseconds(100);
+
+  /// The earliest instant anything is due; time_point::max() if nothing is.
+  /// Called with mx_ held.
+  time_point next_due() const;
+
+  /// A delayed_send's message. These are kept apart from CAF's multimap, in
+  /// 1 ms buckets whose vectors are reused: scheduling one then costs no
+  /// allocation of its own, where the multimap costs two (an event and a
+  /// node), freed on this thread. At 10,000 probers that is 20,000
+  /// cross-thread allocations a second fewer.
+  struct delayed_message {
+    time_point due;
+    caf::strong_actor_ptr receiver;
+    caf::mailbox_element_ptr content;
+  };
+  using message_bucket = std::vector<delayed_message>;
+  /// Takes the buckets due by `now` out of messages_. Called with mx_ held.
+  void take_due_messages(time_point now, std::vector<message_bucket>& out);
+
+  static constexpr auto bucket_width = std::chrono::milliseconds(1);
+  static constexpr size_t max_spare_buckets = 64;
+  std::map<time_point, message_bucket> messages_; // by bucket start
+  std::vector<message_bucket> spare_buckets_;      // emptied, capacity kept
 
   std::mutex mx_;
   std::condition_variable cv_;

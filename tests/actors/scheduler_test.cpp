@@ -71,6 +71,22 @@ TEST_CASE_METHOD(scheduler_fixture, "delayed messages arrive in the order they a
                   caf::after(5s) >> [] { FAIL("a delayed message never came"); });
 }
 
+TEST_CASE_METHOD(scheduler_fixture,
+                 "delayed messages microseconds apart arrive in the order they are due",
+                 "[scheduler]") {
+  // Due within one millisecond, scheduled latest first: they share the
+  // clock's 1 ms bucket, which still delivers them by due time.
+  caf::actor me{self};
+  auto base = caf::actor_clock::clock_type::now() + 30ms;
+  for (int i = 9; i >= 0; --i) {
+    auto due = base + std::chrono::microseconds(90 * i);
+    caf::delayed_anon_send(me, due - caf::actor_clock::clock_type::now(), i);
+  }
+  for (int expected = 0; expected < 10; ++expected)
+    self->receive([&](int i) { CHECK(i == expected); },
+                  caf::after(5s) >> [] { FAIL("a delayed message never came"); });
+}
+
 TEST_CASE_METHOD(scheduler_fixture, "a request to a silent actor times out on the clock",
                  "[scheduler]") {
   auto silent = sys.spawn([]() -> caf::behavior { return {[](ping_atom) -> caf::result<int> {
