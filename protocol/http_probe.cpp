@@ -4,7 +4,7 @@
 //
 // Cost matters here: at 10,000 servers a second every microsecond per probe is
 // 1 % of a core. So the runtime runs one I/O thread (no strands needed), the
-// deadlines of all probes live in one heap swept by one timer (no timer per
+// deadlines of all probes live in one list swept by one timer (no timer per
 // probe, no timer syscalls per probe), the response is parsed by a Beast
 // parser that keeps only status, body and keep-alive (no header allocations),
 // and finished probes are handed on in batches, so that the CAF thread
@@ -14,7 +14,6 @@
 #include <atomic>
 #include <mutex>
 #include <optional>
-#include <queue>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -127,17 +126,13 @@ struct probe_runtime::impl {
   std::thread thread;
   std::atomic<bool> stopped{false};
 
-  // Deadlines of probes in flight, earliest first. An entry whose probe has
-  // finished is dropped when it reaches the top.
-  struct deadline {
-    clock_type::time_point at;
-    std::weak_ptr<probe_client> client;
-    uint64_t probe_number;
-    bool operator>(const deadline& other) const {
-      return at > other.at;
-    }
-  };
-  std::priority_queue<deadline, std::vector<deadline>, std::greater<>> deadlines;
+  // Probes in flight, earliest deadline first, in a list threaded through
+  // the clients themselves: a probe joins at its start and leaves when it
+  // finishes, in O(1) and without allocating. All probes of a daemon share
+  // one timeout, so start order is deadline order and a new probe goes to
+  // the end; the insertion still walks back past later deadlines.
+  probe_client* earliest = nullptr;
+  probe_client* latest = nullptr;
   timer_type sweeper{ioc.get_executor()};
   std::optional<clock_type::time_point> sweeper_at;
 
@@ -176,8 +171,9 @@ struct probe_runtime::impl {
   void hand_over(start_request request);
   void start_batch();
 
-  void add_deadline(clock_type::time_point at, std::weak_ptr<probe_client> client,
-                    uint64_t number);
+  ~impl();
+  void add_deadline(probe_client& client, clock_type::time_point at);
+  std::shared_ptr<probe_client> remove_deadline(probe_client& client);
   void arm_sweeper();
   void sweep();
   void hand_on(probe_callback done, probe_outcome out);
@@ -244,13 +240,22 @@ public:
     });
   }
 
-  bool in_flight(uint64_t number) const {
-    return !finished_ && number == probe_number_;
+  /// Its place in the runtime's deadline list, which only the runtime
+  /// touches: listed from its start until it finishes or expires.
+  struct deadline_entry {
+    clock_type::time_point at;
+    probe_client* earlier = nullptr;
+    probe_client* later = nullptr;
+    std::shared_ptr<probe_client> hold; // set while listed: keeps it alive
+  } deadline;
+
+  uint64_t probe_number() const {
+    return probe_number_;
   }
 
-  /// Called by the sweeper when probe `number`'s deadline has passed.
+  /// Ends probe `number` as a timeout: its deadline passed, or it was abandoned.
   void expire(uint64_t number) {
-    if (!in_flight(number))
+    if (finished_ || number != probe_number_)
       return;
     timed_out_ = true;
     // Every pending operation completes with operation_aborted; its handler
@@ -269,7 +274,7 @@ private:
     ++probe_number_;
     if (url_.https)
       return finish_error("protocol", "https health checks are not supported yet");
-    rt_.add_deadline(started_ + timeout, weak_from_this(), probe_number_);
+    rt_.add_deadline(*this, started_ + timeout);
     if (socket_.is_open()) {
       reused_ = true;
       return do_write();
@@ -443,6 +448,7 @@ private:
     if (finished_)
       return;
     finished_ = true;
+    auto keep_alive = rt_.remove_deadline(*this); // released when finish returns
     out.response_time_ms =
       std::chrono::duration<double, std::milli>(clock_type::now() - started_).count();
     out.at = now_ms();
@@ -531,26 +537,44 @@ void probe_runtime::impl::start_batch() {
   starting.clear();
 }
 
-void probe_runtime::impl::add_deadline(clock_type::time_point at,
-                                       std::weak_ptr<probe_client> client, uint64_t number) {
-  deadlines.push(deadline{at, std::move(client), number});
+probe_runtime::impl::~impl() {
+  // The I/O thread has stopped: let go of the probes still listed.
+  while (earliest != nullptr)
+    remove_deadline(*earliest);
+}
+
+void probe_runtime::impl::add_deadline(probe_client& client, clock_type::time_point at) {
+  auto& entry = client.deadline;
+  entry.at = at;
+  entry.hold = client.shared_from_this();
+  probe_client* before = latest; // the entry goes right after `before`
+  while (before != nullptr && before->deadline.at > at)
+    before = before->deadline.earlier;
+  entry.earlier = before;
+  entry.later = before != nullptr ? before->deadline.later : earliest;
+  (entry.later != nullptr ? entry.later->deadline.earlier : latest) = &client;
+  (before != nullptr ? before->deadline.later : earliest) = &client;
   arm_sweeper();
 }
 
+std::shared_ptr<probe_client> probe_runtime::impl::remove_deadline(probe_client& client) {
+  auto& entry = client.deadline;
+  if (!entry.hold)
+    return nullptr; // not listed
+  (entry.earlier != nullptr ? entry.earlier->deadline.later : earliest) = entry.later;
+  (entry.later != nullptr ? entry.later->deadline.earlier : latest) = entry.earlier;
+  entry.earlier = entry.later = nullptr;
+  return std::move(entry.hold);
+}
+
 void probe_runtime::impl::arm_sweeper() {
-  // Most probes finish long before their deadline: drop their entries as
-  // they reach the top, so the sweeper wakes only for probes still running.
-  while (!deadlines.empty()) {
-    auto client = deadlines.top().client.lock();
-    if (client && client->in_flight(deadlines.top().probe_number))
-      break;
-    deadlines.pop();
-  }
-  if (deadlines.empty())
+  // The sweeper stays armed for a deadline even if its probe finishes
+  // first; it then finds nothing due and re-arms for the earliest left.
+  if (earliest == nullptr)
     return;
   // Sweeps land on 1 ms steps: one wake-up expires every probe due in it.
   constexpr auto step = std::chrono::milliseconds(1);
-  auto due = deadlines.top().at;
+  auto due = earliest->deadline.at;
   auto at = clock_type::time_point{((due.time_since_epoch() + step - clock_type::duration(1)) / step) * step};
   if (sweeper_at && *sweeper_at <= at)
     return; // already armed early enough
@@ -566,11 +590,9 @@ void probe_runtime::impl::arm_sweeper() {
 
 void probe_runtime::impl::sweep() {
   auto now = clock_type::now();
-  while (!deadlines.empty() && deadlines.top().at <= now) {
-    auto entry = deadlines.top();
-    deadlines.pop();
-    if (auto client = entry.client.lock())
-      client->expire(entry.probe_number);
+  while (earliest != nullptr && earliest->deadline.at <= now) {
+    auto client = remove_deadline(*earliest);
+    client->expire(client->probe_number());
   }
   arm_sweeper();
 }
