@@ -43,6 +43,7 @@ struct registry_state {
   // restart loses at most 10 s of timings, which the next probe renews.
   std::vector<const server_record*> pending_timing;
   std::vector<server_event> pending_events;
+  std::vector<server_record*> batch_lookups; // scratch of the probed_atom handler
   std::vector<commit_waiter> waiters;
   bool commit_scheduled = false;        // a commit_atom is on its way
   bool health_flush_scheduled = false;  // a delayed health_flush_atom is
@@ -223,18 +224,15 @@ void stage_with_events(registry_self self, const server_record& rec,
     self->state.pending_events.push_back(std::move(events[i]));
 }
 
-/// Applies one probe outcome through the health policy; false when dropped.
-/// `on_demand`: someone waits for the commit, so even a routine result is
-/// written with it.
-bool apply_outcome(registry_self self, const std::string& id, uint64_t generation,
+/// Applies one probe outcome to `rec` through the health policy; false when
+/// dropped. `on_demand`: someone waits for the commit, so even a routine
+/// result is written with it.
+bool apply_outcome(registry_self self, server_record& rec, uint64_t generation,
                    const probe_outcome& outcome, bool on_demand = false) {
   auto& st = self->state;
-  auto it = st.servers.find(id);
-  if (it == st.servers.end())
-    return false;
-  auto was = it->second.status;
-  auto failures_before = it->second.consecutive_failures;
-  auto result = apply_probe_in_place(it->second, generation, outcome, st.health);
+  auto was = rec.status;
+  auto failures_before = rec.consecutive_failures;
+  auto result = apply_probe_in_place(rec, generation, outcome, st.health);
   if (result.transition == health_transition::dropped)
     return false;
   ++st.stats.checks_total;
@@ -242,7 +240,6 @@ bool apply_outcome(registry_self self, const std::string& id, uint64_t generatio
     st.stats_sink->health_check_duration.observe(*outcome.response_time_ms / 1000.0);
   if (!outcome.healthy)
     ++st.stats.failures_total;
-  const auto& rec = it->second;
   if (!outcome.healthy && log_enabled(log_level::warning)) {
     auto fields = server_fields(rec);
     fields["consecutive_failures"] = rec.consecutive_failures;
@@ -389,16 +386,28 @@ registry_actor::behavior_type registry_impl(registry_self self, registry_options
       }
     },
     [=](probed_atom, std::vector<probe_report>& reports) {
-      for (const auto& r : reports)
-        if (apply_outcome(self, r.server_id, r.generation, r.outcome))
-          self->state.stats.lateness.add(r.outcome.lateness_ms);
+      // All lookups first, then all updates: the lookups are independent, so
+      // their cache misses overlap instead of each stalling the next (at
+      // 10,000 servers the lookup was half of the registry's time per probe).
+      auto& st = self->state;
+      auto& found = st.batch_lookups;
+      found.clear();
+      for (const auto& r : reports) {
+        auto it = st.servers.find(r.server_id);
+        found.push_back(it == st.servers.end() ? nullptr : &it->second);
+      }
+      for (size_t i = 0; i < reports.size(); ++i) {
+        const auto& r = reports[i];
+        if (found[i] != nullptr && apply_outcome(self, *found[i], r.generation, r.outcome))
+          st.stats.lateness.add(r.outcome.lateness_ms);
+      }
     },
     [=](checked_atom, const std::string& id, uint64_t generation,
         probe_outcome& outcome) -> caf::result<server_record> {
       auto it = self->state.servers.find(id);
       if (it == self->state.servers.end())
         return unknown_server(id);
-      if (!apply_outcome(self, id, generation, outcome, true))
+      if (!apply_outcome(self, it->second, generation, outcome, true))
         return it->second; // changed meanwhile: report the record as it is
       auto rp = self->make_response_promise<server_record>();
       reply_after_commit(self, rp, it->second);
