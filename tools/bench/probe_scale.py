@@ -113,14 +113,14 @@ def start_mocks(n, mode="healthy"):
 
 
 class Daemon:
-    def __init__(self, workdir):
+    def __init__(self, workdir, binary=None):
         for suffix in ("", "-wal", "-shm"):  # every scenario starts empty
             try:
                 os.remove(os.path.join(workdir, "bench.db" + suffix))
             except FileNotFoundError:
                 pass
         self.proc = spawn(
-            [os.path.join(BIN, "modelgated"), "--listen", "127.0.0.1:0",
+            [binary or os.path.join(BIN, "modelgated"), "--listen", "127.0.0.1:0",
              "--db", os.path.join(workdir, "bench.db"), "--health-interval", "1",
              "--health-timeout", "0.5", "--max-failures", "1000000",
              "--log-level", "error"],
