@@ -147,20 +147,28 @@ void coalescing_actor_clock::run_dispatch_loop(modelgate_scheduler* sched) {
       lock.unlock();
       if (sched)
         sched->begin_round(&ready);
-      for (auto& event : due)
-        ship(*event);
+      // Timeouts and delayed messages go out merged in due order, as from
+      // CAF's one multimap. A bucket holds up to 1 ms of due times in the
+      // order they were scheduled, so it is sorted first (stable: equal
+      // times keep their order). (Across rounds the order holds to within
+      // the 1 ms a timeout may be early: one due just before a message
+      // whose bucket has not started yet may go first.)
+      auto by_due = [](const delayed_message& a, const delayed_message& b) {
+        return a.due < b.due;
+      };
+      size_t next_event = 0;
       for (auto& bucket : due_messages) {
-        // A bucket holds up to 1 ms of due times in the order they were
-        // scheduled: delivered in due order, like CAF's multimap would.
-        auto by_due = [](const delayed_message& a, const delayed_message& b) {
-          return a.due < b.due;
-        };
         if (!std::is_sorted(bucket.begin(), bucket.end(), by_due))
           std::stable_sort(bucket.begin(), bucket.end(), by_due);
-        for (auto& message : bucket)
+        for (auto& message : bucket) {
+          while (next_event < due.size() && due[next_event]->due <= message.due)
+            ship(*due[next_event++]);
           message.receiver->enqueue(std::move(message.content), nullptr);
+        }
         bucket.clear(); // drops the receivers' references outside the lock
       }
+      while (next_event < due.size())
+        ship(*due[next_event++]);
       if (sched)
         sched->enqueue_round();
       due.clear();

@@ -516,10 +516,9 @@ void probe_runtime::impl::hand_over(start_request request) {
     return;
   asio::post(ioc, [this] {
     starter.expires_after(start_batch_window);
-    starter.async_wait([this](beast::error_code ec) {
-      if (ec != asio::error::operation_aborted)
-        start_batch();
-    });
+    // Whatever ends the wait, the batch starts: a batch left waiting would
+    // leave its probers skipping every tick as "still in flight".
+    starter.async_wait([this](beast::error_code) { start_batch(); });
   });
 }
 

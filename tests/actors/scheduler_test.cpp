@@ -76,12 +76,14 @@ TEST_CASE_METHOD(scheduler_fixture,
                  "[scheduler]") {
   // Due within one millisecond, scheduled latest first: they share the
   // clock's 1 ms bucket, which still delivers them by due time.
-  caf::actor me{self};
-  auto base = caf::actor_clock::clock_type::now() + 30ms;
-  for (int i = 9; i >= 0; --i) {
-    auto due = base + std::chrono::microseconds(90 * i);
-    caf::delayed_anon_send(me, due - caf::actor_clock::clock_type::now(), i);
-  }
+  // Absolute due times, so that no preemption between two sends can swap
+  // them.
+  auto& clock = sys.clock();
+  auto base = clock.now() + 30ms;
+  for (int i = 9; i >= 0; --i)
+    clock.schedule_message(base + std::chrono::microseconds(90 * i),
+                           caf::actor_cast<caf::strong_actor_ptr>(self),
+                           caf::make_mailbox_element(nullptr, caf::make_message_id(), {}, i));
   for (int expected = 0; expected < 10; ++expected)
     self->receive([&](int i) { CHECK(i == expected); },
                   caf::after(5s) >> [] { FAIL("a delayed message never came"); });
