@@ -235,8 +235,8 @@ public:
   void abandon() override {
     abandoned_.store(true, std::memory_order_release);
     asio::post(rt_.ioc, [self = shared_from_this()] {
-      if (!self->finished_ && self->scheduled_)
-        self->expire(self->probe_number_); // ends as a timeout, unreported
+      if (self->scheduled_)
+        self->expire(); // ends as a timeout, unreported
     });
   }
 
@@ -249,13 +249,10 @@ public:
     std::shared_ptr<probe_client> hold; // set while listed: keeps it alive
   } deadline;
 
-  uint64_t probe_number() const {
-    return probe_number_;
-  }
-
-  /// Ends probe `number` as a timeout: its deadline passed, or it was abandoned.
-  void expire(uint64_t number) {
-    if (finished_ || number != probe_number_)
+  /// Ends the probe in flight, if any, as a timeout: its deadline passed,
+  /// or it was abandoned.
+  void expire() {
+    if (finished_)
       return;
     timed_out_ = true;
     // Every pending operation completes with operation_aborted; its handler
@@ -271,7 +268,6 @@ private:
     started_ = clock_type::now();
     finished_ = false;
     timed_out_ = false;
-    ++probe_number_;
     if (url_.https)
       return finish_error("protocol", "https health checks are not supported yet");
     rt_.add_deadline(*this, started_ + timeout);
@@ -495,7 +491,6 @@ private:
   std::atomic<bool> scheduled_busy_{false};
   std::atomic<bool> abandoned_{false}; // the prober stopped: report nothing more
   clock_type::time_point started_;
-  uint64_t probe_number_ = 0;
   step step_ = step::resolve;
   bool reused_ = false;
   bool timed_out_ = false;
@@ -591,7 +586,7 @@ void probe_runtime::impl::sweep() {
   auto now = clock_type::now();
   while (earliest != nullptr && earliest->deadline.at <= now) {
     auto client = remove_deadline(*earliest);
-    client->expire(client->probe_number());
+    client->expire();
   }
   arm_sweeper();
 }
