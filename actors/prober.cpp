@@ -3,6 +3,7 @@
 #include <caf/all.hpp>
 
 #include "protocol/log.hpp"
+#include "protocol/time.hpp"
 
 namespace mg {
 
@@ -19,11 +20,9 @@ void schedule_tick_with_caf(const prober_actor& prober, std::chrono::millisecond
   // one probe. A tick is at most one slot late for it, and probes still
   // spread over 40 slots a second. (10 ms slots cost 53 µs of CPU per probe
   // at 1,000 servers, 25 ms slots 32 µs; at 10,000 servers both about 24.)
-  using namespace std::chrono;
-  constexpr auto slot = duration_cast<steady_clock::duration>(milliseconds(25));
-  auto now = steady_clock::now();
-  auto due = (now + delay).time_since_epoch();
-  auto slotted = steady_clock::time_point{((due + slot - steady_clock::duration(1)) / slot) * slot};
+  constexpr auto slot = std::chrono::milliseconds(25);
+  auto now = std::chrono::steady_clock::now();
+  auto slotted = round_up(now + delay, slot);
   caf::delayed_anon_send(prober, slotted - now, tick_atom::value, tick_number);
 }
 

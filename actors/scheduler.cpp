@@ -5,6 +5,8 @@
 
 #include <caf/detail/set_thread_name.hpp>
 
+#include "protocol/time.hpp"
+
 namespace mg {
 
 using guard = std::lock_guard<std::mutex>;
@@ -31,8 +33,7 @@ void coalescing_actor_clock::set_ordinary_timeout(time_point t, caf::abstract_ac
 // wake-ups.
 void coalescing_actor_clock::set_request_timeout(time_point t, caf::abstract_actor* self,
                                                  caf::message_id id) {
-  auto grain = std::chrono::duration_cast<duration_type>(request_timeout_grain);
-  t = time_point{((t.time_since_epoch() + grain - duration_type(1)) / grain) * grain};
+  t = round_up(t, request_timeout_grain);
   guard g{mx_};
   super::set_request_timeout(t, self, id);
   wake_for(t);

@@ -28,6 +28,7 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
+#include "protocol/time.hpp"
 #include "protocol/validation.hpp"
 
 namespace mg {
@@ -567,9 +568,7 @@ void probe_runtime::impl::arm_sweeper() {
   if (earliest == nullptr)
     return;
   // Sweeps land on 1 ms steps: one wake-up expires every probe due in it.
-  constexpr auto step = std::chrono::milliseconds(1);
-  auto due = earliest->deadline.at;
-  auto at = clock_type::time_point{((due.time_since_epoch() + step - clock_type::duration(1)) / step) * step};
+  auto at = round_up(earliest->deadline.at, std::chrono::milliseconds(1));
   if (sweeper_at && *sweeper_at <= at)
     return; // already armed early enough
   sweeper_at = at;

@@ -4,6 +4,7 @@
 
 #include "protocol/errors.hpp"
 #include "protocol/server_record.hpp"
+#include "protocol/time.hpp"
 
 using namespace mg;
 
@@ -92,6 +93,15 @@ TEST_CASE("RFC 3339 times are written with milliseconds in UTC and read back", "
   CHECK(parse_rfc3339("2026-11-27T18:20:00.123Z") == 1795803600123);
   CHECK(parse_rfc3339("2026-11-27T18:20:00Z") == 1795803600000);
   CHECK_FALSE(parse_rfc3339("yesterday"));
+}
+
+TEST_CASE("deadlines round up to their grid and never down", "[time]") {
+  using namespace std::chrono;
+  using tp = steady_clock::time_point;
+  CHECK(round_up(tp{milliseconds(50)}, milliseconds(25)) == tp{milliseconds(50)});
+  CHECK(round_up(tp{milliseconds(50) + nanoseconds(1)}, milliseconds(25)) == tp{milliseconds(75)});
+  CHECK(round_up(tp{microseconds(1)}, milliseconds(100)) == tp{milliseconds(100)});
+  CHECK(round_up(tp{nanoseconds(0)}, milliseconds(1)) == tp{nanoseconds(0)});
 }
 
 TEST_CASE("every error maps to its status code and the OpenAI error shape", "[json]") {
