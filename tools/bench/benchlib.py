@@ -23,11 +23,28 @@ def kill_started():
             p.kill()
 
 
+def _stat_cpu(path):
+    """(command name, CPU seconds user + system) from a /proc .../stat file."""
+    with open(path) as f:
+        head, tail = f.read().rsplit(")", 1)
+    fields = tail.split()
+    return head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
 def cpu_seconds(pid):
     """CPU seconds (user + system) process `pid` has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    return _stat_cpu(f"/proc/{pid}/stat")[1]
+
+
+def thread_cpu_seconds(pid):
+    """{thread id: (thread name, CPU seconds so far)} of process `pid`."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[tid] = _stat_cpu(f"/proc/{pid}/task/{tid}/stat")
+        except FileNotFoundError:
+            pass  # the thread ended meanwhile
+    return out
 
 
 def free_port():

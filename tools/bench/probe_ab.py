@@ -19,41 +19,24 @@ import tempfile
 import time
 
 import probe_scale as ps
-from benchlib import kill_started
-
-
-def thread_ticks(pid):
-    """Clock ticks of CPU (user + system) per thread name."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                head, tail = f.read().rsplit(")", 1)
-        except FileNotFoundError:
-            continue  # the thread ended meanwhile
-        fields = tail.split()
-        out[tid] = (head.split("(", 1)[1], int(fields[11]) + int(fields[12]))
-    return out
+from benchlib import kill_started, thread_cpu_seconds
 
 
 def measure(binary, mocks, seconds, workdir):
     daemon = ps.Daemon(workdir, binary)
-    for m in mocks:
-        for port in m.ports():
-            daemon.register(port)
+    daemon.register_all(mocks)
     time.sleep(14)  # past the 10 s request timeouts of the registrations
     h0 = sum(m.health_requests() for m in mocks)
-    t0 = thread_ticks(daemon.proc.pid)
+    t0 = thread_cpu_seconds(daemon.proc.pid)
     time.sleep(seconds)
-    t1 = thread_ticks(daemon.proc.pid)
+    t1 = thread_cpu_seconds(daemon.proc.pid)
     probes = max(1, sum(m.health_requests() for m in mocks) - h0)
     daemon.stop()
     per_name = {}
-    for tid, (name, ticks) in t1.items():
+    for tid, (name, cpu) in t1.items():
         if tid in t0:
-            per_name[name] = per_name.get(name, 0) + ticks - t0[tid][1]
-    hz = os.sysconf("SC_CLK_TCK")
-    us = {name: ticks * 1e6 / hz / probes for name, ticks in per_name.items() if ticks}
+            per_name[name] = per_name.get(name, 0) + cpu - t0[tid][1]
+    us = {name: cpu * 1e6 / probes for name, cpu in per_name.items() if cpu}
     return sum(us.values()), us
 
 

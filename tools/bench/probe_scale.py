@@ -141,6 +141,10 @@ class Daemon:
         assert status in (200, 201), (status, rec)
         return rec["id"]
 
+    def register_all(self, mocks):
+        """Registers every port of `mocks`; their ids."""
+        return [self.register(port) for m in mocks for port in m.ports()]
+
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(10)
@@ -191,7 +195,7 @@ def run_modelgate(n, seconds, hang_share, workdir):
     mocks = start_mocks(n - hang) + (start_mocks(hang, "hang") if hang else [])
     daemon = Daemon(workdir)
     t = time.time()
-    ids = [daemon.register(port) for m in mocks for port in m.ports()]
+    ids = daemon.register_all(mocks)
     reg_seconds = time.time() - t
     time.sleep(2.5)  # every prober past its random first tick
     _, before = daemon.call("GET", "/v1/health-checker")

@@ -33,9 +33,7 @@ def main():
     work = tempfile.mkdtemp(prefix="probe-threads-")
     mocks = ps.start_mocks(args.servers)
     daemon = ps.Daemon(work)
-    for m in mocks:
-        for port in m.ports():
-            daemon.register(port)
+    daemon.register_all(mocks)
     time.sleep(5)  # every prober past its first, randomly placed tick
     out = os.path.join(work, "perf.txt")
     subprocess.run(["perf", "stat", "--per-thread", "-e", "task-clock", "-p",
