@@ -1,6 +1,10 @@
 #include "actors/admin_api.hpp"
 
+#include <algorithm>
+#include <chrono>
 #include <map>
+#include <memory>
+#include <optional>
 
 #include <caf/all.hpp>
 
@@ -14,13 +18,26 @@ namespace mg {
 
 namespace {
 
+using exchange_ptr = std::shared_ptr<http_exchange>;
+using steady_time = std::chrono::steady_clock::time_point;
+
 struct admin_api_state {
   admin_api_options options;
+  // The exchanges waiting on another actor's answer, by the time they give
+  // up. CAF 0.17 never cancels a request's timeout when the answer comes:
+  // after a burst of 10,000 registrations the clock thread and this actor's
+  // thread woke 10,000 times, ten seconds later, for timeouts with nothing
+  // left to do, at a cost of tens of microseconds each on a virtual machine.
+  // So requests go out without a CAF timeout (caf::infinite) and this actor
+  // times them out itself, with one sweep at the earliest deadline. An entry
+  // is weak: an exchange that was answered is gone by the sweep and is
+  // skipped, so a burst of answered requests costs one sweep, not one each.
+  std::multimap<steady_time, std::weak_ptr<http_exchange>> deadlines;
+  std::optional<steady_time> sweep_at; // a sweep_atom is on its way for then
   static inline const char* name = "modelgate.admin_api";
 };
 
 using admin_api_self = admin_api_actor::stateful_pointer<admin_api_state>;
-using exchange_ptr = std::shared_ptr<http_exchange>;
 
 void respond_json(const exchange_ptr& ex, int status, const nlohmann::json& body) {
   ex->respond({status, body.dump(), "application/json", {}});
@@ -33,6 +50,49 @@ void respond_error(const exchange_ptr& ex, const api_error& err,
 
 void respond_caf_error(const exchange_ptr& ex, const caf::error& err) {
   respond_error(ex, to_api_error(err));
+}
+
+void arm_sweep(admin_api_self self, steady_time at) {
+  auto& st = self->state;
+  if (st.sweep_at && *st.sweep_at <= at)
+    return; // one is on its way early enough
+  st.sweep_at = at;
+  auto wait = std::max(at - std::chrono::steady_clock::now(), steady_time::duration::zero());
+  self->delayed_send(self, std::chrono::duration_cast<std::chrono::microseconds>(wait),
+                     sweep_atom::value);
+}
+
+/// Answers every exchange whose deadline passed with the timeout error and
+/// arms the next sweep for the earliest exchange still waiting.
+void sweep(admin_api_self self) {
+  auto& st = self->state;
+  // The scheduler's clock delivers a delayed message up to 1 ms early, so a
+  // deadline that close counts as passed: waiting the rest would only bring
+  // the sweep back at once.
+  auto horizon = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+  if (st.sweep_at && *st.sweep_at <= horizon)
+    st.sweep_at.reset(); // this is that sweep (otherwise an earlier, superseded one)
+  for (auto i = st.deadlines.begin(); i != st.deadlines.end();) {
+    auto ex = i->second.lock();
+    if (ex && i->first > horizon) {
+      arm_sweep(self, i->first);
+      return;
+    }
+    if (ex) // answering twice is a no-op, so a late answer changes nothing
+      respond_error(ex, to_api_error(caf::make_error(caf::sec::request_timeout)));
+    i = st.deadlines.erase(i);
+  }
+}
+
+/// Sends a request on behalf of `ex` that times out after `timeout` (with
+/// the error CAF's own request timeout gives), through the sweep above.
+template <class Dest, class... Ts>
+auto ask(admin_api_self self, const exchange_ptr& ex, std::chrono::milliseconds timeout,
+         const Dest& dest, Ts&&... xs) {
+  auto at = std::chrono::steady_clock::now() + timeout;
+  self->state.deadlines.emplace(at, ex);
+  arm_sweep(self, at);
+  return self->request(dest, caf::infinite, std::forward<Ts>(xs)...);
 }
 
 /// Reads the `GET /v1/servers` query into a filter, or says which parameter is wrong.
@@ -98,7 +158,7 @@ nlohmann::json to_json(const checker_status& s) {
 template <class Atom>
 void ask_checker(admin_api_self self, const exchange_ptr& ex, Atom what) {
   const auto& opts = self->state.options;
-  self->request(opts.supervisor, opts.actor_timeout, what)
+  ask(self, ex, opts.actor_timeout, opts.supervisor, what)
     .then([ex](checker_status& status) { respond_json(ex, 200, to_json(status)); },
           [ex](caf::error& err) { respond_caf_error(ex, err); });
 }
@@ -133,7 +193,7 @@ void handle(admin_api_self self, const exchange_ptr& ex) {
       list_filter filter;
       if (auto err = parse_list_filter(req.query, filter))
         return respond_error(ex, *err);
-      self->request(reg, timeout, list_atom::value, filter)
+      ask(self, ex, timeout, reg, list_atom::value, filter)
         .then(
           [ex](std::vector<server_record>& records) {
             auto data = nlohmann::json::array();
@@ -148,7 +208,7 @@ void handle(admin_api_self self, const exchange_ptr& ex) {
       auto parsed = parse_registration(req.body);
       if (auto err = std::get_if<api_error>(&parsed))
         return respond_error(ex, *err);
-      self->request(reg, timeout, register_atom::value, std::get<registration>(std::move(parsed)))
+      ask(self, ex, timeout, reg, register_atom::value, std::get<registration>(std::move(parsed)))
         .then(
           [ex](register_reply& reply) {
             respond_json(ex, reply.created ? 201 : 200, to_json(reply.record));
@@ -157,16 +217,16 @@ void handle(admin_api_self self, const exchange_ptr& ex) {
       return;
     }
     case admin_route::get_server:
-      return reply_record(self->request(reg, timeout, get_atom::value, match.id), ex);
+      return reply_record(ask(self, ex, timeout, reg, get_atom::value, match.id), ex);
     case admin_route::deregister_server:
       return reply_record(
-        self->request(reg, timeout, deregister_atom::value, match.id, std::string{"manual"}), ex);
+        ask(self, ex, timeout, reg, deregister_atom::value, match.id, std::string{"manual"}), ex);
     case admin_route::reactivate_server:
-      return reply_record(self->request(reg, timeout, reactivate_atom::value, match.id), ex);
+      return reply_record(ask(self, ex, timeout, reg, reactivate_atom::value, match.id), ex);
     case admin_route::check_server: {
       auto check_timeout = timeout + std::chrono::milliseconds(static_cast<int64_t>(
                                        opts.health_timeout_seconds * 1000));
-      self->request(opts.supervisor, check_timeout, check_atom::value, match.id)
+      ask(self, ex, check_timeout, opts.supervisor, check_atom::value, match.id)
         .then([ex](check_reply& reply) { respond_json(ex, 200, to_json(reply)); },
               [ex](caf::error& err) { respond_caf_error(ex, err); });
       return;
@@ -180,7 +240,7 @@ void handle(admin_api_self self, const exchange_ptr& ex) {
     case admin_route::status_page:
       return ex->respond({200, status_page_html(), "text/html; charset=utf-8", {}});
     case admin_route::metrics:
-      self->request(reg, timeout, stats_atom::value)
+      ask(self, ex, timeout, reg, stats_atom::value)
         .then(
           [ex, m = opts.stats](health_stats& s) {
             registry_figures r;
@@ -198,7 +258,7 @@ void handle(admin_api_self self, const exchange_ptr& ex) {
           [ex](caf::error& err) { respond_caf_error(ex, err); });
       return;
     case admin_route::list_models:
-      self->request(reg, timeout, list_atom::value, list_filter{})
+      ask(self, ex, timeout, reg, list_atom::value, list_filter{})
         .then(
           [ex, m = opts.stats](std::vector<server_record>& records) {
             if (m)
@@ -226,7 +286,7 @@ void handle(admin_api_self self, const exchange_ptr& ex) {
           [ex](caf::error& err) { respond_caf_error(ex, err); });
       return;
     case admin_route::server_events:
-      self->request(reg, timeout, events_atom::value, match.id)
+      ask(self, ex, timeout, reg, events_atom::value, match.id)
         .then(
           [ex](std::vector<server_event>& events) {
             auto data = nlohmann::json::array();
@@ -252,6 +312,7 @@ admin_api_actor::behavior_type admin_api_impl(admin_api_self self, admin_api_opt
         respond_error(job.exchange, {errc::internal, "internal error"});
       }
     },
+    [=](sweep_atom) { sweep(self); },
   };
 }
 

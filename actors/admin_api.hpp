@@ -2,9 +2,10 @@
 // requests and their answers back into HTTP responses.
 //
 // Asio threads hand it `http_job`s and return at once; it checks the admin
-// token, routes, validates, asks the registry with a finite timeout and
-// answers the exchange from the reply handler. It never blocks and holds no
-// state beyond its handles and settings.
+// token, routes, validates, asks the registry (or the supervisor) and answers
+// the exchange from the reply handler, or with 503 once `actor_timeout`
+// passes. It never blocks; its only state beyond handles and settings is the
+// deadlines of the exchanges waiting on an answer.
 #pragma once
 
 #include <chrono>

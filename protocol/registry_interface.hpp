@@ -56,6 +56,7 @@ using pick_atom = caf::atom_constant<caf::atom("mg_pick")>;
 using done_atom = caf::atom_constant<caf::atom("mg_done")>;
 using inflight_atom = caf::atom_constant<caf::atom("mg_infl")>;
 using publish_atom = caf::atom_constant<caf::atom("mg_publish")>;
+using sweep_atom = caf::atom_constant<caf::atom("mg_sweep")>;
 
 /// How late probes start against their schedule: counts per bucket.
 struct lateness_histogram {
@@ -189,7 +190,9 @@ struct http_job {
   std::shared_ptr<http_exchange> exchange;
 };
 
-using admin_api_actor = caf::typed_actor<caf::reacts_to<http_job>>;
+/// `sweep_atom` is internal: the actor sends it to itself to time out the
+/// requests it waits on.
+using admin_api_actor = caf::typed_actor<caf::reacts_to<http_job>, caf::reacts_to<sweep_atom>>;
 
 // -- gateway -------------------------------------------------------------------
 
