@@ -107,3 +107,62 @@ TEST_CASE("a scheduled probe of an abandoned driver never reaches the server",
   // Skipped, not stuck: the abandoned driver takes the next tick again.
   CHECK(mg::test::wait_until([&] { return abandoned->probe_scheduled(2000ms, 1, 0.0); }, 10s));
 }
+
+TEST_CASE("a kept connection's answer is timed from its arrival, not from when the drain reads it",
+          "[probe_runtime]") {
+  // The drain reads a batch's answers after its collect wait; the response
+  // time must still end when the answer arrived, which here is right after
+  // the server wrote it.
+  std::mutex mutex;
+  std::chrono::steady_clock::time_point written;
+  mg_test::scripted_server server{[&](int fd) {
+    mg_test::write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    std::lock_guard<std::mutex> lock(mutex);
+    written = std::chrono::steady_clock::now();
+    return true;
+  }};
+  report_collector collected;
+  mg::probe_runtime runtime{collected.sink()};
+  auto driver = runtime.make_driver(target_for("timed", server.url()));
+  REQUIRE(driver->probe_scheduled(2000ms, 1, 0.0)); // connects
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
+  auto handed_over = std::chrono::steady_clock::now();
+  REQUIRE(driver->probe_scheduled(2000ms, 1, 0.0)); // the kept connection: the drain's path
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
+  auto report = collected.all().back();
+  REQUIRE(report.outcome.healthy);
+  REQUIRE(report.outcome.response_time_ms);
+  double until_written;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    until_written = std::chrono::duration<double, std::milli>(written - handed_over).count();
+  }
+  // The probe started its lateness after the hand-over, and the answer
+  // arrived within microseconds of its writing; the collect wait (at least
+  // 0.5 ms, most of it after the answer came) is not in it.
+  CHECK(*report.outcome.response_time_ms <= until_written - report.outcome.lateness_ms + 0.3);
+  CHECK(server.answered() == 2);
+}
+
+TEST_CASE("an answer slower than the drain's collect wait is still read and timed",
+          "[probe_runtime]") {
+  mg_test::scripted_server server{[](int fd) {
+    std::this_thread::sleep_for(30ms); // longer than the longest collect wait (5 ms)
+    mg_test::write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    return true;
+  }};
+  report_collector collected;
+  mg::probe_runtime runtime{collected.sink()};
+  auto driver = runtime.make_driver(target_for("slow", server.url()));
+  for (size_t probes = 1; probes <= 3; ++probes) { // a new connection, then the kept one
+    REQUIRE(driver->probe_scheduled(2000ms, 7, 0.0));
+    REQUIRE(mg::test::wait_until([&] { return collected.size() >= probes; }, 10s));
+    auto report = collected.all().back();
+    CHECK(report.outcome.healthy);
+    CHECK(report.generation == 7);
+    REQUIRE(report.outcome.response_time_ms);
+    CHECK(*report.outcome.response_time_ms >= 29.0);
+    CHECK(*report.outcome.response_time_ms < 1000.0);
+  }
+  CHECK(server.answered() == 3);
+}
