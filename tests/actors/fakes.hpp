@@ -66,6 +66,12 @@ struct fake_probes {
     return pending.size();
   }
 
+  /// Whether the oldest pending probe's driver was abandoned.
+  bool oldest_abandoned() {
+    std::lock_guard<std::mutex> g{mtx};
+    return !pending.empty() && pending.front().abandoned && pending.front().abandoned->load();
+  }
+
   /// Completes the oldest pending probe.
   bool complete(probe_outcome outcome) {
     pending_probe p;

@@ -147,6 +147,9 @@ TEST_CASE_METHOD(prober_fixture, "a probe in flight when its prober stops report
   self->receive([&](caf::down_msg&) { down = true; },
                 caf::after(5s) >> [] { FAIL("the prober did not stop"); });
   REQUIRE(down);
+  // The prober abandons its driver in its cleanup, which may still run when
+  // this test's monitor (attached after it) has already been told.
+  REQUIRE(test::wait_until([&] { return probes->oldest_abandoned(); }));
   // The probe completes after its prober is gone (a pause, a deregistration):
   // the registry must not hear of it. A later request to the registry is
   // answered after anything the completion sent it.
