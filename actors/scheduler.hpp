@@ -109,11 +109,11 @@ public:
   }
 
   /// Jobs made ready while the clock thread delivers a round of timeouts are
-  /// held back and queued together by enqueue_round: one lock of the job
-  /// queue and one worker woken per round, not one per job.
+  /// held back and run by run_round on the clock thread itself, once the
+  /// round is delivered: no worker is woken for a round of probe ticks.
   void enqueue(caf::resumable* job) override;
   void begin_round(std::vector<caf::resumable*>* jobs);
-  void enqueue_round();
+  void run_round();
 
 protected:
   void start() override;
