@@ -6,6 +6,7 @@
 #include <caf/detail/set_thread_name.hpp>
 #include <caf/scoped_execution_unit.hpp>
 
+#include "protocol/round_wakeups.hpp"
 #include "protocol/time.hpp"
 
 namespace mg {
@@ -234,6 +235,7 @@ void modelgate_scheduler::run_round() {
   // share of them (max_throughput) goes to the workers too. The reference
   // the scheduler holds for each job is handled as a worker does.
   caf::scoped_execution_unit unit{&system()};
+  round_wakeups::begin(); // the probe hand-overs wake the I/O thread once, below
   for (auto* job : jobs) {
     switch (job->resume(&unit, max_throughput())) {
       case caf::resumable::resume_later:
@@ -246,6 +248,7 @@ void modelgate_scheduler::run_round() {
         break;
     }
   }
+  round_wakeups::end();
   jobs.clear();
 }
 

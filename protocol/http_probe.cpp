@@ -36,6 +36,7 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
+#include "protocol/round_wakeups.hpp"
 #include "protocol/time.hpp"
 #include "protocol/validation.hpp"
 
@@ -145,17 +146,23 @@ struct probe_runtime::impl {
   timer_type sweeper{ioc.get_executor()};
   std::optional<clock_type::time_point> sweeper_at;
 
-  // Finished probes waiting to be handed on: all that finish within one
-  // flush delay go out together, so the receiving threads wake once per
-  // batch instead of once per probe. The delay adds at most that much to the
-  // time a result takes to reach the registry.
-  static constexpr auto flush_delay = std::chrono::milliseconds(2);
+  // Finished probes waiting to be handed on. A report with news for the
+  // registry (a failure, or a success after a failure or as the first) goes
+  // out at the end of its drain pass, or at once; routine successes, which
+  // change only timings, gather for up to `routine_flush_delay`, so the
+  // registry's thread wakes a few times a second, not once per slot. Their
+  // figures (last_check_at, last_response_time_ms) are the probe's own and
+  // reach the registry that much later. On-demand probes are handed on at
+  // once.
+  static constexpr auto routine_flush_delay = std::chrono::milliseconds(200);
   probe_report_sink report_sink;
   std::vector<probe_report> reports;                                // scheduled probes
   std::vector<std::pair<probe_callback, probe_outcome>> finished;  // on-demand probes
   timer_type flusher{ioc.get_executor()};
   bool flush_armed = false;
   bool urgent_flush_posted = false;
+  bool news_waiting = false; // a report in `reports` has news
+  clock_type::time_point last_flush = clock_type::now();
 
   // Scheduled probes handed over by the probers' threads, and how the I/O
   // thread runs them. On this kind of machine (a virtual one) every wake-up
@@ -167,8 +174,11 @@ struct probe_runtime::impl {
   //  - the signal is an eventfd of the runtime's own, not asio::post: a post
   //    interrupts epoll_wait while holding asio's scheduler mutex, so the
   //    woken thread then sleeps on that mutex and is woken a second time;
-  //  - the drain sleeps `start_batch_window` (a 25 ms slot's ticks reach it
-  //    within about a millisecond), sends every request, sleeps
+  //  - a slot's ticks run as one round on the scheduler's clock thread,
+  //    which signals once, at the round's end (round_wakeups.hpp); probes
+  //    handed over outside a round signal at once, and those handed over
+  //    while a drain runs are taken by its next pass;
+  //  - the drain sends every request handed over, sleeps
   //    `collect_window` while the answers come in, then reads them all in one
   //    pass and hands the reports on at once. Answers that trickled in one
   //    by one woke the thread 230 times a second at 10,000 servers, and each
@@ -180,9 +190,11 @@ struct probe_runtime::impl {
   // The drain blocks the I/O thread for those few milliseconds: on-demand
   // probes and deadlines wait at most that long. Response times are not
   // stretched by the wait: they come from the kernel's receive timestamps.
-  static constexpr auto start_batch_window = std::chrono::milliseconds(1);
   static constexpr auto min_collect = std::chrono::microseconds(500);
-  static constexpr auto max_collect = std::chrono::microseconds(5000);
+  // Up to 20 ms: the mock servers of tools/bench answer a 50 ms slot's 500
+  // probes one after another, over about 10 ms. Servers that answer in
+  // parallel keep the wait near its minimum.
+  static constexpr auto max_collect = std::chrono::microseconds(20'000);
   std::chrono::microseconds collect_window{1000}; // I/O thread
   std::atomic<probe_client*> start_stack{nullptr}; // pushed by probers, taken by the drain
   std::atomic<bool> draining{false};
@@ -192,6 +204,7 @@ struct probe_runtime::impl {
   std::optional<asio::posix::basic_stream_descriptor<executor_type>> drain_signal;
 
   void hand_over(probe_client& client);
+  static void signal_drain(void* self);
   void await_drain_signal();
   void drain();
   probe_client* take_starts();
@@ -203,8 +216,10 @@ struct probe_runtime::impl {
   void arm_sweeper();
   void sweep();
   void hand_on(probe_callback done, probe_outcome out);
-  void hand_on(probe_report report);
+  void hand_on(probe_report report, bool news);
+  void post_urgent_flush();
   void arm_flusher();
+  void flush_if_due();
   void flush();
 };
 
@@ -570,8 +585,11 @@ private:
     if (scheduled_) {
       scheduled_ = false;
       out.lateness_ms = lateness_ms_;
-      if (!abandoned_.load(std::memory_order_acquire))
-        rt_.hand_on(probe_report{target_.server_id, generation_, std::move(out)});
+      if (!abandoned_.load(std::memory_order_acquire)) {
+        bool news = !out.healthy || !last_reported_healthy_;
+        last_reported_healthy_ = out.healthy;
+        rt_.hand_on(probe_report{target_.server_id, generation_, std::move(out)}, news);
+      }
       scheduled_busy_.store(false, std::memory_order_release);
     } else if (done_) {
       rt_.hand_on(std::move(done_), std::move(out));
@@ -604,6 +622,7 @@ private:
   // lateness_ms_. scheduled_busy_ is the one flag other threads read.
   probe_callback done_;
   bool scheduled_ = false;
+  bool last_reported_healthy_ = false; // of the last scheduled report
   uint64_t generation_ = 0;
   double lateness_ms_ = 0;
   std::atomic<bool> scheduled_busy_{false};
@@ -626,11 +645,18 @@ void probe_runtime::impl::hand_over(probe_client& client) {
   } while (!start_stack.compare_exchange_weak(top, &client, std::memory_order_seq_cst,
                                               std::memory_order_relaxed));
   // The first of a batch signals the drain, unless one runs: that one takes
-  // this probe before it ends (see drain's last check).
+  // this probe before it ends (see drain's last check). Within a round of
+  // the scheduler's clock thread, the signal waits for the round's end, when
+  // the whole batch is here.
   if (top == nullptr && !draining.load(std::memory_order_seq_cst)) {
-    uint64_t one = 1;
-    while (::write(drain_fd, &one, sizeof one) < 0 && errno == EINTR) {
-    }
+    if (!round_wakeups::defer(&impl::signal_drain, this))
+      signal_drain(this);
+  }
+}
+
+void probe_runtime::impl::signal_drain(void* self) {
+  uint64_t one = 1;
+  while (::write(static_cast<impl*>(self)->drain_fd, &one, sizeof one) < 0 && errno == EINTR) {
   }
 }
 
@@ -663,7 +689,6 @@ probe_client* probe_runtime::impl::take_starts() {
 void probe_runtime::impl::drain() {
   if (draining.exchange(true))
     return; // a drain posted while another ran: that one took the probes
-  std::this_thread::sleep_for(start_batch_window);
   for (;;) {
     auto* batch = take_starts();
     if (batch == nullptr) {
@@ -685,7 +710,7 @@ void probe_runtime::impl::drain() {
     if (!collecting.empty())
       collect();
     in_batch = false;
-    flush(); // this pass's reports, at once
+    flush_if_due(); // news at once, routine successes every routine_flush_delay
   }
 }
 
@@ -781,38 +806,57 @@ void probe_runtime::impl::sweep() {
 
 void probe_runtime::impl::hand_on(probe_callback done, probe_outcome out) {
   finished.emplace_back(std::move(done), std::move(out));
-  arm_flusher();
+  post_urgent_flush(); // someone waits for it
 }
 
-void probe_runtime::impl::hand_on(probe_report report) {
-  bool news = !report.outcome.healthy;
+void probe_runtime::impl::hand_on(probe_report report, bool news) {
   reports.push_back(std::move(report));
+  news_waiting = news_waiting || news;
   if (in_batch)
     return; // the drain flushes at the end of its pass
-  arm_flusher();
-  if (news && !urgent_flush_posted) {
-    // A failure may change a server's status: it goes out as soon as the
-    // handlers now ready have run, not after the batching delay.
-    urgent_flush_posted = true;
-    asio::post(ioc, [this] {
-      urgent_flush_posted = false;
-      flush();
-    });
-  }
+  if (news)
+    post_urgent_flush(); // after the handlers now ready have run
+  else
+    arm_flusher();
+}
+
+void probe_runtime::impl::post_urgent_flush() {
+  if (urgent_flush_posted)
+    return;
+  urgent_flush_posted = true;
+  asio::post(ioc, [this] {
+    urgent_flush_posted = false;
+    flush();
+  });
+}
+
+void probe_runtime::impl::flush_if_due() {
+  if (news_waiting || clock_type::now() - last_flush >= routine_flush_delay)
+    flush();
+  else if (!reports.empty())
+    arm_flusher();
 }
 
 void probe_runtime::impl::arm_flusher() {
   if (flush_armed)
     return;
   flush_armed = true;
-  flusher.expires_after(flush_delay);
-  flusher.async_wait([this](beast::error_code) {
+  flusher.expires_at(last_flush + routine_flush_delay);
+  flusher.async_wait([this](beast::error_code ec) {
+    if (ec == asio::error::operation_aborted)
+      return; // flushed meanwhile (or stopping)
     flush_armed = false;
     flush();
   });
 }
 
 void probe_runtime::impl::flush() {
+  last_flush = clock_type::now();
+  news_waiting = false;
+  if (flush_armed) { // this flush is the one it waited for
+    flush_armed = false;
+    flusher.cancel();
+  }
   if (!reports.empty()) {
     auto batch = std::move(reports);
     reports = std::vector<probe_report>();

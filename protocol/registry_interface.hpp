@@ -61,7 +61,7 @@ using sweep_atom = caf::atom_constant<caf::atom("mg_sweep")>;
 /// How late probes start against their schedule: counts per bucket.
 struct lateness_histogram {
   /// Upper bounds in ms; the last bucket takes everything above.
-  static constexpr double bounds[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000};
+  static constexpr double bounds[] = {1, 2, 5, 10, 20, 50, 75, 100, 200, 500, 1000, 5000};
   static constexpr size_t bucket_count = sizeof bounds / sizeof bounds[0] + 1;
   uint64_t counts[bucket_count] = {};
   double max_ms = 0;
