@@ -688,12 +688,12 @@ probe_client* probe_runtime::impl::take_starts() {
 
 void probe_runtime::impl::drain() {
   if (draining.exchange(true))
-    return; // a drain posted while another ran: that one took the probes
+    return; // signalled while another ran: that one took the probes
   for (;;) {
     auto* batch = take_starts();
     if (batch == nullptr) {
       // Seq_cst against hand_over: either the pusher sees `draining` false
-      // and posts a drain, or this load sees its push.
+      // and signals the drain, or this load sees its push.
       draining.store(false, std::memory_order_seq_cst);
       if (start_stack.load(std::memory_order_seq_cst) == nullptr || draining.exchange(true))
         return;
