@@ -337,7 +337,7 @@ private:
 
   void start(std::chrono::milliseconds timeout) {
     started_ = clock_type::now();
-    started_wall_ = wall_now();
+    started_wall_ = std::chrono::system_clock::now();
     arrival_.reset();
     finished_ = false;
     timed_out_ = false;
@@ -514,10 +514,6 @@ private:
     }
   }
 
-  static std::chrono::system_clock::time_point wall_now() {
-    return std::chrono::system_clock::now();
-  }
-
   void read_failed(beast::error_code ec) {
     if (ec == http::error::body_limit)
       return finish_error("invalid_body", "health body over the 64 KiB cap");
@@ -687,16 +683,17 @@ probe_client* probe_runtime::impl::take_starts() {
 }
 
 void probe_runtime::impl::drain() {
-  if (draining.exchange(true))
-    return; // signalled while another ran: that one took the probes
+  // Only this thread drains, so nothing else ever sets `draining`.
+  draining.store(true, std::memory_order_seq_cst);
   for (;;) {
     auto* batch = take_starts();
     if (batch == nullptr) {
       // Seq_cst against hand_over: either the pusher sees `draining` false
       // and signals the drain, or this load sees its push.
       draining.store(false, std::memory_order_seq_cst);
-      if (start_stack.load(std::memory_order_seq_cst) == nullptr || draining.exchange(true))
+      if (start_stack.load(std::memory_order_seq_cst) == nullptr)
         return;
+      draining.store(true, std::memory_order_seq_cst);
       continue;
     }
     in_batch = true;
