@@ -398,7 +398,8 @@ registry_actor::behavior_type registry_impl(registry_self self, registry_options
       }
       for (size_t i = 0; i < reports.size(); ++i) {
         const auto& r = reports[i];
-        if (found[i] != nullptr && apply_outcome(self, *found[i], r.generation, r.outcome))
+        if (found[i] != nullptr && apply_outcome(self, *found[i], r.generation, r.outcome)
+            && !r.between_probes)
           st.stats.lateness.add(r.outcome.lateness_ms);
       }
     },

@@ -1,6 +1,9 @@
 // Beast side of health probing. One `probe_client` per server; each probe is
 // resolve -> connect -> write -> read under a single deadline, reusing the
-// previous connection when the server kept it open.
+// previous connection when the server kept it open. Between probes the kept
+// connection is watched: when the server closes it, the client reconnects at
+// once, and a refused reconnect fails like a probe (a server that died is
+// found in milliseconds, not at its next probe).
 //
 // Cost matters here: at 10,000 servers a second every microsecond per probe is
 // 1 % of a core. So the runtime runs one I/O thread (no strands needed), the
@@ -18,8 +21,10 @@
 #include <sstream>
 #include <system_error>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -203,6 +208,25 @@ struct probe_runtime::impl {
   int drain_fd = -1;                       // eventfd: written by hand_over, read by the I/O thread
   std::optional<asio::posix::basic_stream_descriptor<executor_type>> drain_signal;
 
+  // Kept connections of scheduled probes, watched between probes for the
+  // server closing them: a server whose process dies closes them all, and
+  // the client then reconnects at once, so a server that stopped listening
+  // fails within milliseconds instead of at its next probe (see
+  // probe_client::on_hangup). They sit in an epoll set of their own,
+  // registered once per connection for the peer's close only
+  // (EPOLLRDHUP, edge-triggered): answers arriving never wake it, so
+  // probing costs nothing more. asio waits on the set as one descriptor.
+  int hangup_fd = -1;
+  std::optional<asio::posix::basic_stream_descriptor<executor_type>> hangup_signal;
+  // By watch id, weakly: a driver may be dropped on any thread.
+  std::unordered_map<uint64_t, std::weak_ptr<probe_client>> watched;
+  uint64_t last_watch_id = 0;
+  size_t watched_at_cleanup = 0;
+
+  void watch(probe_client& client);
+  void unwatch(probe_client& client);
+  void await_hangups();
+
   void hand_over(probe_client& client);
   static void signal_drain(void* self);
   void await_drain_signal();
@@ -306,9 +330,51 @@ public:
   void abandon() override {
     abandoned_.store(true, std::memory_order_release);
     asio::post(rt_.ioc, [self = shared_from_this()] {
-      if (self->scheduled_)
+      if (self->scheduled_) {
         self->expire(); // ends as a timeout, unreported
+      } else if (self->reconnecting_) {
+        auto hold = self->rt_.remove_deadline(*self);
+        self->end_reconnect();
+      }
+      self->close_socket(); // no probe will use the kept connection again
+      self->rt_.unwatch(*self);
     });
+  }
+
+  /// This client's place in the runtime's watch of kept connections:
+  /// `id` keys it (from its first watch on), `registered` says whether the
+  /// connection now open is in the epoll set.
+  struct watch_entry {
+    uint64_t id = 0;
+    bool registered = false;
+  } watching;
+
+  int native_socket() {
+    return socket_.native_handle();
+  }
+
+  /// The server closed the connection this client keeps for its probes
+  /// (I/O thread). Between probes that is news only if the server is
+  /// gone: one that closes idle connections after a keep-alive timeout
+  /// still accepts a new one. So the client reconnects at once: a refused
+  /// reconnect is a probe failed at its connect step, reported as any
+  /// failed probe (the next probe would have found the same, up to an
+  /// interval later); an accepted one is kept for the next probe, nothing
+  /// reported, no request sent. A connection made this way and closed
+  /// again before any probe used it is not made again: at most one
+  /// reconnect per probe, whatever the server's keep-alive timeout.
+  void on_hangup() {
+    if (!finished_) { // the probe in flight reads the close itself
+      hangup_pending_ = true;
+      return;
+    }
+    if (reconnecting_ || !socket_.is_open())
+      return;
+    close_socket();
+    bool made_by_reconnect = from_reconnect_;
+    from_reconnect_ = false;
+    if (!made_by_reconnect && !abandoned_.load(std::memory_order_acquire))
+      reconnect();
   }
 
   /// Its place in the runtime's deadline list, which only the runtime
@@ -321,8 +387,10 @@ public:
   } deadline;
 
   /// Ends the probe in flight, if any, as a timeout: its deadline passed,
-  /// or it was abandoned.
+  /// or it was abandoned. A reconnect between probes ends unreported.
   void expire() {
+    if (reconnecting_)
+      return end_reconnect(); // the next probe tells what happened
     if (finished_)
       return;
     timed_out_ = true;
@@ -336,6 +404,13 @@ private:
   enum class step { resolve, connect, write, read };
 
   void start(std::chrono::milliseconds timeout) {
+    if (reconnecting_) { // the probe connects itself
+      auto hold = rt_.remove_deadline(*this);
+      end_reconnect();
+    }
+    hangup_pending_ = false;
+    from_reconnect_ = false; // a probe uses the connection from now on
+    timeout_ = timeout;
     started_ = clock_type::now();
     started_wall_ = std::chrono::system_clock::now();
     arrival_.reset();
@@ -380,7 +455,8 @@ private:
   void do_connect() {
     step_ = step::connect;
     asio::async_connect(socket_, endpoints_,
-                        [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
+                        [self = shared_from_this()](beast::error_code ec, const tcp::endpoint& to) {
+                          self->connected_to_ = to;
                           self->on_connect(ec);
                         });
   }
@@ -390,6 +466,11 @@ private:
       return finish_timeout();
     if (ec)
       return finish_error("connect", ec.message());
+    prepare_connection();
+    do_write();
+  }
+
+  void prepare_connection() {
     beast::error_code ignored;
     socket_.set_option(tcp::no_delay(true), ignored);
     // The request is written by a direct non-blocking send (do_write), and
@@ -398,7 +479,54 @@ private:
     socket_.non_blocking(true, ignored);
     int on = 1;
     ::setsockopt(socket_.native_handle(), SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
-    do_write();
+  }
+
+  /// Connects again after the server closed the kept connection between
+  /// probes (see on_hangup), under the probes' timeout.
+  void reconnect() {
+    reconnecting_ = true;
+    reconnect_started_ = clock_type::now();
+    auto attempt = ++reconnect_attempt_;
+    rt_.add_deadline(*this, clock_type::now() + timeout_);
+    // To the address the kept connection went to, in one operation: the
+    // composed connect over several addresses would, cancelled while a
+    // probe reopens the socket, go on to the next address on the probe's
+    // socket.
+    socket_.async_connect(connected_to_, [self = shared_from_this(), attempt](beast::error_code ec) {
+      self->on_reconnect(attempt, ec);
+    });
+  }
+
+  void on_reconnect(uint64_t attempt, beast::error_code ec) {
+    if (attempt != reconnect_attempt_)
+      return; // ended meanwhile: by a probe's start, the deadline or abandon
+    reconnecting_ = false;
+    auto hold = rt_.remove_deadline(*this);
+    if (!ec) {
+      prepare_connection();
+      from_reconnect_ = true;
+      rt_.watch(*this);
+      return;
+    }
+    close_socket();
+    if (abandoned_.load(std::memory_order_acquire))
+      return;
+    probe_outcome out;
+    out.error_kind = "connect";
+    out.error = "the server closed the kept connection and refused a new one: " + ec.message();
+    out.response_time_ms =
+      std::chrono::duration<double, std::milli>(clock_type::now() - reconnect_started_).count();
+    out.at = now_ms();
+    last_reported_healthy_ = false; // so the success that clears it is news
+    probe_report report{target_.server_id, generation_, std::move(out)};
+    report.between_probes = true;
+    rt_.hand_on(std::move(report), true);
+  }
+
+  void end_reconnect() {
+    ++reconnect_attempt_;
+    reconnecting_ = false;
+    close_socket();
   }
 
   // The request is a few hundred bytes: one send() writes it whole on an
@@ -585,6 +713,13 @@ private:
         bool news = !out.healthy || !last_reported_healthy_;
         last_reported_healthy_ = out.healthy;
         rt_.hand_on(probe_report{target_.server_id, generation_, std::move(out)}, news);
+        if (socket_.is_open()) { // kept for the next probe: watched until then
+          rt_.watch(*this);
+          if (hangup_pending_) { // closed while the probe was in flight
+            hangup_pending_ = false;
+            on_hangup();
+          }
+        }
       }
       scheduled_busy_.store(false, std::memory_order_release);
     } else if (done_) {
@@ -594,6 +729,7 @@ private:
   }
 
   void close_socket() {
+    watching.registered = false; // closing the socket takes it out of the epoll set
     if (socket_.is_open()) {
       beast::error_code ec;
       socket_.shutdown(tcp::socket::shutdown_both, ec);
@@ -609,6 +745,7 @@ private:
   server_url_parts url_;
   std::string request_bytes_;
   std::vector<tcp::endpoint> endpoints_;
+  tcp::endpoint connected_to_; // of the last connection a probe made
   beast::flat_buffer buffer_;
   size_t received_ = 0; // bytes of the response read so far
   std::string body_;
@@ -627,12 +764,73 @@ private:
   std::chrono::system_clock::time_point started_wall_; // the receive timestamps' clock
   std::optional<std::chrono::system_clock::time_point> arrival_; // of the last bytes read
   step step_ = step::resolve;
+  std::chrono::milliseconds timeout_{0}; // of the last probe; reconnects use it too
+  // Between probes (see on_hangup): a reconnect runs (attempt numbers tell
+  // its completion from a later one's), the kept connection was made by
+  // one, or the server closed the connection while a probe was in flight.
+  bool reconnecting_ = false;
+  uint64_t reconnect_attempt_ = 0;
+  clock_type::time_point reconnect_started_;
+  bool from_reconnect_ = false;
+  bool hangup_pending_ = false;
   bool reused_ = false;
   bool timed_out_ = false;
   bool finished_ = true;
 };
 
 } // namespace
+
+void probe_runtime::impl::watch(probe_client& client) {
+  auto& entry = client.watching;
+  if (entry.registered)
+    return; // once per connection, not per probe
+  if (entry.id == 0) {
+    entry.id = ++last_watch_id;
+    watched.emplace(entry.id, client.weak_from_this());
+    // Abandoned clients leave (unwatch); one dropped without being
+    // abandoned leaves an expired entry, cleared here now and then.
+    if (watched.size() > 2 * watched_at_cleanup + 64) {
+      for (auto it = watched.begin(); it != watched.end();)
+        it = it->second.expired() ? watched.erase(it) : std::next(it);
+      watched_at_cleanup = watched.size();
+    }
+  }
+  epoll_event ev{};
+  ev.events = EPOLLRDHUP | EPOLLET; // errors and hang-ups are always reported
+  ev.data.u64 = entry.id;
+  if (::epoll_ctl(hangup_fd, EPOLL_CTL_ADD, client.native_socket(), &ev) == 0 || errno == EEXIST)
+    entry.registered = true;
+}
+
+void probe_runtime::impl::unwatch(probe_client& client) {
+  if (client.watching.id != 0)
+    watched.erase(client.watching.id);
+}
+
+void probe_runtime::impl::await_hangups() {
+  hangup_signal->async_wait(asio::posix::descriptor_base::wait_read, [this](beast::error_code ec) {
+    if (ec)
+      return; // stopping
+    epoll_event events[64];
+    for (;;) {
+      int n = ::epoll_wait(hangup_fd, events, 64, 0);
+      if (n < 0 && errno == EINTR)
+        continue;
+      for (int i = 0; i < n; ++i) {
+        auto it = watched.find(events[i].data.u64);
+        if (it == watched.end())
+          continue;
+        if (auto client = it->second.lock())
+          client->on_hangup();
+        else
+          watched.erase(it);
+      }
+      if (n < 64)
+        break;
+    }
+    await_hangups();
+  });
+}
 
 void probe_runtime::impl::hand_over(probe_client& client) {
   auto* top = start_stack.load(std::memory_order_relaxed);
@@ -879,6 +1077,11 @@ probe_runtime::probe_runtime(probe_report_sink reports) : impl_(std::make_unique
   // The descriptor owns the eventfd from here on and closes it.
   impl_->drain_signal.emplace(impl_->ioc.get_executor(), impl_->drain_fd);
   impl_->await_drain_signal();
+  impl_->hangup_fd = ::epoll_create1(EPOLL_CLOEXEC);
+  if (impl_->hangup_fd < 0)
+    throw std::system_error(errno, std::system_category(), "epoll set for the probe runtime");
+  impl_->hangup_signal.emplace(impl_->ioc.get_executor(), impl_->hangup_fd); // owns it from here
+  impl_->await_hangups();
   impl_->thread = std::thread([this] { impl_->ioc.run(); });
 }
 

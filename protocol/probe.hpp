@@ -38,6 +38,11 @@ struct probe_report {
   std::string server_id;
   uint64_t generation = 0;
   probe_outcome outcome;
+  /// Not from a tick: the server closed the connection kept for its probes
+  /// and refused the reconnect made at once (as a server whose process died
+  /// does), a failure at the connect step found before the next probe. It
+  /// counts as a failed probe; it has no schedule, so no lateness.
+  bool between_probes = false;
 };
 
 /// The body cap of a health response; a larger one fails as invalid_body.

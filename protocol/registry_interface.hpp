@@ -134,8 +134,9 @@ using registry_actor = caf::typed_actor<
   caf::reacts_to<timing_flush_atom>,
   // Commits everything pending now; replies true once durable.
   caf::replies_to<flush_atom>::with<bool>,
-  // Scheduled probes' outcomes, a batch from the I/O thread; stale ones
-  // (another generation, or an inactive server) are dropped.
+  // Scheduled probes' outcomes, a batch from the I/O thread (with the
+  // refused reconnects between probes); stale ones (another generation, or
+  // an inactive server) are dropped.
   caf::reacts_to<probed_atom, std::vector<probe_report>>,
   // An on-demand probe's outcome; replies with the record once durable.
   caf::replies_to<checked_atom, std::string, uint64_t, probe_outcome>::with<server_record>,

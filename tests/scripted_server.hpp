@@ -20,7 +20,9 @@ namespace mg_test {
 
 /// A health server on loopback whose answers a test writes by hand, byte by
 /// byte if it likes: `answer(fd)` runs for every request and returns whether
-/// the connection stays open. Counts the requests it answered.
+/// the connection stays open. Counts the connections it accepted, those the
+/// client closed, and the requests it answered. Destroyed, it goes as a process that dies does: it
+/// stops listening, then its connections close.
 class scripted_server {
 public:
   using answer_fn = std::function<bool(int fd)>;
@@ -40,13 +42,18 @@ public:
   ~scripted_server() {
     stop_ = true;
     thread_.join();
-    ::close(fd_);
   }
   std::string url() const {
     return "http://127.0.0.1:" + std::to_string(port_);
   }
   int answered() const {
     return answered_;
+  }
+  int accepted() const {
+    return accepted_;
+  }
+  int closed_by_client() const {
+    return closed_by_client_;
   }
 
 private:
@@ -62,6 +69,7 @@ private:
         if (i == 0) {
           int c = ::accept(fd_, nullptr, nullptr);
           if (c >= 0) {
+            ++accepted_;
             fds.push_back({c, POLLIN, 0});
             pending.emplace_back();
           }
@@ -70,6 +78,7 @@ private:
         char buf[4096];
         auto n = ::read(fds[i].fd, buf, sizeof buf);
         if (n <= 0) {
+          ++closed_by_client_;
           ::close(fds[i].fd);
           fds[i].fd = -1; // poll ignores it from now on
           continue;
@@ -88,6 +97,7 @@ private:
         }
       }
     }
+    ::close(fd_); // no more connections: a client reconnecting is refused
     for (size_t i = 1; i < fds.size(); ++i)
       if (fds[i].fd >= 0)
         ::close(fds[i].fd);
@@ -98,6 +108,8 @@ private:
   uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<int> answered_{0};
+  std::atomic<int> accepted_{0};
+  std::atomic<int> closed_by_client_{0};
   std::thread thread_;
 };
 

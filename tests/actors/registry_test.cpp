@@ -228,6 +228,32 @@ TEST_CASE("acknowledged registrations survive a restart of the registry", "[regi
   fs::remove_all(dir, ec);
 }
 
+TEST_CASE_METHOD(fixture, "a reconnect refused between probes counts as a failed probe without lateness",
+                 "[registry]") {
+  auto a = ask<register_reply>(register_atom::value, make_registration("http://a:1")).record;
+  self->send(reg, probed_atom::value,
+             std::vector<probe_report>{probe_report{a.id, a.generation, test::healthy_outcome()}});
+  auto before = ask<health_stats>(stats_atom::value);
+  auto refused = test::failed_outcome("connect");
+  refused.error = "the server closed the kept connection and refused a new one";
+  probe_report between{a.id, a.generation, refused};
+  between.between_probes = true;
+  self->send(reg, probed_atom::value, std::vector<probe_report>{between});
+  auto rec = ask<server_record>(get_atom::value, a.id);
+  CHECK(rec.status == server_status::unhealthy);
+  CHECK(rec.consecutive_failures == 1);
+  CHECK(rec.last_error_kind == "connect");
+  auto after = ask<health_stats>(stats_atom::value);
+  CHECK(after.checks_total == before.checks_total + 1);
+  CHECK(after.failures_total == before.failures_total + 1);
+  uint64_t samples_before = 0, samples_after = 0;
+  for (auto c : before.lateness.counts)
+    samples_before += c;
+  for (auto c : after.lateness.counts)
+    samples_after += c;
+  CHECK(samples_after == samples_before); // no schedule, no lateness
+}
+
 TEST_CASE("routine probe timings reach the disk later than state changes, and at a flush",
           "[registry]") {
   char tmpl[] = "/tmp/mg-registry-XXXXXX";

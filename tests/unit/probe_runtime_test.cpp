@@ -166,3 +166,81 @@ TEST_CASE("an answer slower than the drain's collect wait is still read and time
   }
   CHECK(server.answered() == 3);
 }
+
+TEST_CASE("a server that dies between probes is reported unhealthy without waiting for a probe",
+          "[probe_runtime]") {
+  // Its kept connection closes; the reconnect is refused: one report, a
+  // failure at the connect step, with the probes' generation.
+  auto server = std::make_unique<mg_test::scripted_server>(healthy_answer());
+  report_collector collected;
+  mg::probe_runtime runtime{collected.sink()};
+  auto driver = runtime.make_driver(target_for("dies", server->url()));
+  REQUIRE(driver->probe_scheduled(2000ms, 4, 0.0));
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
+  REQUIRE(collected.all()[0].outcome.healthy);
+  server.reset(); // stops listening, then closes its connections: no probe is handed over
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
+  auto lost = collected.all()[1];
+  CHECK(lost.between_probes);
+  CHECK(lost.server_id == "dies");
+  CHECK(lost.generation == 4);
+  CHECK_FALSE(lost.outcome.healthy);
+  CHECK(lost.outcome.error_kind == "connect");
+  CHECK(lost.outcome.error.find("refused a new one") != std::string::npos);
+  // The next tick's probe fails the same way.
+  REQUIRE(driver->probe_scheduled(2000ms, 4, 0.0));
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 3; }, 10s));
+  auto probed = collected.all()[2];
+  CHECK_FALSE(probed.between_probes);
+  CHECK(probed.outcome.error_kind == "connect");
+}
+
+TEST_CASE("a server that closes idle connections but still listens gets no report and no extra probe",
+          "[probe_runtime]") {
+  // As a keep-alive timeout does: the server closes after each answer. The
+  // client reconnects at once, reports nothing, and its next probe goes
+  // over that connection; a connection no probe used is not made again.
+  mg_test::scripted_server server{[](int fd) {
+    mg_test::write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    return false;
+  }};
+  report_collector collected;
+  mg::probe_runtime runtime{collected.sink()};
+  auto driver = runtime.make_driver(target_for("idle", server.url()));
+  REQUIRE(driver->probe_scheduled(2000ms, 1, 0.0));
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
+  REQUIRE(mg::test::wait_until([&] { return server.accepted() >= 2; }, 10s)); // the reconnect
+  REQUIRE(driver->probe_scheduled(2000ms, 1, 0.0));
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
+  REQUIRE(mg::test::wait_until([&] { return server.accepted() >= 3; }, 10s)); // after the 2nd probe
+  CHECK(server.answered() == 2);
+  CHECK(server.accepted() == 3); // the 2nd probe used the reconnected one
+  CHECK(collected.size() == 2);
+  for (const auto& r : collected.all()) {
+    CHECK_FALSE(r.between_probes);
+    CHECK(r.outcome.healthy);
+  }
+}
+
+TEST_CASE("an abandoned driver closes its kept connection and never reconnects",
+          "[probe_runtime]") {
+  auto server = std::make_unique<mg_test::scripted_server>(healthy_answer());
+  report_collector collected;
+  mg::probe_runtime runtime{collected.sink()};
+  auto driver = runtime.make_driver(target_for("stopped", server->url()));
+  REQUIRE(driver->probe_scheduled(2000ms, 1, 0.0));
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
+  driver->abandon(); // its prober stopped: the server dying now is no news
+  REQUIRE(mg::test::wait_until([&] { return server->closed_by_client() >= 1; }, 10s));
+  auto witness = runtime.make_driver(target_for("witness", server->url()));
+  REQUIRE(witness->probe_scheduled(2000ms, 1, 0.0));
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
+  server.reset();
+  // The witness, still probing, reports the death; the abandoned one nothing.
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 3; }, 10s));
+  auto all = collected.all();
+  CHECK(all[2].server_id == "witness");
+  CHECK(all[2].between_probes);
+  for (const auto& r : all)
+    CHECK((r.server_id != "stopped" || !r.between_probes));
+}
