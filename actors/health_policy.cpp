@@ -38,7 +38,8 @@ policy_step apply_probe_in_place(server_record& rec, uint64_t generation,
     rec.last_error_kind.reset();
   } else {
     rec.status = server_status::unhealthy;
-    rec.consecutive_failures += 1;
+    if (outcome.counts) // else counted already, by the early finding it confirms
+      rec.consecutive_failures += 1;
     rec.last_error = outcome.error;
     rec.last_error_kind = outcome.error_kind;
   }

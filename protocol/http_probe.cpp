@@ -357,10 +357,10 @@ public:
   /// (I/O thread). Between probes that is news only if the server is
   /// gone: one that closes idle connections after a keep-alive timeout
   /// still accepts a new one. So the client reconnects at once: a refused
-  /// reconnect is a probe failed at its connect step, reported as any
-  /// failed probe (the next probe would have found the same, up to an
-  /// interval later); an accepted one is kept for the next probe, nothing
-  /// reported, no request sent. A connection made this way and closed
+  /// reconnect is the next probe's failure at its connect step found early,
+  /// reported as a failed probe, and that probe, failing too, confirms it
+  /// without counting again (probe_outcome::counts); an accepted one is
+  /// kept for the next probe, nothing reported, no request sent. A connection made this way and closed
   /// again before any probe used it is not made again: at most one
   /// reconnect per probe, whatever the server's keep-alive timeout.
   void on_hangup() {
@@ -518,6 +518,7 @@ private:
       std::chrono::duration<double, std::milli>(clock_type::now() - reconnect_started_).count();
     out.at = now_ms();
     last_reported_healthy_ = false; // so the success that clears it is news
+    early_failure_reported_ = true; // the next probe, failing too, confirms it
     probe_report report{target_.server_id, generation_, std::move(out)};
     report.between_probes = true;
     rt_.hand_on(std::move(report), true);
@@ -710,6 +711,11 @@ private:
       scheduled_ = false;
       out.lateness_ms = lateness_ms_;
       if (!abandoned_.load(std::memory_order_acquire)) {
+        if (early_failure_reported_) { // this probe's failure was found early
+          early_failure_reported_ = false;
+          if (!out.healthy)
+            out.counts = false;
+        }
         bool news = !out.healthy || !last_reported_healthy_;
         last_reported_healthy_ = out.healthy;
         rt_.hand_on(probe_report{target_.server_id, generation_, std::move(out)}, news);
@@ -730,6 +736,7 @@ private:
 
   void close_socket() {
     watching.registered = false; // closing the socket takes it out of the epoll set
+    hangup_pending_ = false;     // it was this connection's
     if (socket_.is_open()) {
       beast::error_code ec;
       socket_.shutdown(tcp::socket::shutdown_both, ec);
@@ -773,6 +780,7 @@ private:
   clock_type::time_point reconnect_started_;
   bool from_reconnect_ = false;
   bool hangup_pending_ = false;
+  bool early_failure_reported_ = false; // by a refused reconnect, for the next probe
   bool reused_ = false;
   bool timed_out_ = false;
   bool finished_ = true;

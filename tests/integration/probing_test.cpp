@@ -128,15 +128,16 @@ TEST_CASE("a dead server is deregistered after exactly max-failures probes, with
 TEST_CASE("a server that dies between probes is unhealthy long before its next probe",
           "[probing][integration]") {
   // Its process gone, its kept connection closes: the prober reconnects at
-  // once and the refusal counts as the failed probe the next tick would
-  // have found, up to an interval later.
-  probing_daemon d{"5", "1", "3"};
+  // once, and the refusal is the failure the next tick would have found, up
+  // to an interval later. That tick's probe confirms it without counting
+  // again, so deregistration comes no sooner than without the early finding.
+  probing_daemon d{"3", "1", "3"};
   mock_server mock;
   auto id = d.register_server(mock.url());
-  REQUIRE(d.wait_status(id, "healthy", 10s)); // the first tick: within 5 s
-  mock.set_mode("refuse");                    // stops listening, closes its connections
+  REQUIRE(d.wait_status(id, "healthy", 6s)); // the first tick: within 3 s
+  mock.set_mode("refuse");                   // stops listening, closes its connections
   auto t0 = std::chrono::steady_clock::now();
-  REQUIRE(d.wait_status(id, "unhealthy", 2s)); // the next tick is about 5 s away
+  REQUIRE(d.wait_status(id, "unhealthy", 1500ms)); // the next tick is about 3 s away
   auto took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   CHECK(took < 1.0);
   auto rec = d.record(id);
@@ -146,9 +147,14 @@ TEST_CASE("a server that dies between probes is unhealthy long before its next p
   CHECK(mock.health_requests() == 1); // the reconnect sent no request
   CHECK(std::regex_search(d.proc.stderr_text(),
                           std::regex("WARNING [^\n]*refused a new one[^\n]*server_id=" + id)));
+  auto found_at = rec["last_check_at"];
+  REQUIRE(wait_until([&] { return d.record(id)["last_check_at"] != found_at; }, 5s)); // the tick
+  rec = d.record(id);
+  CHECK(rec["consecutive_failures"] == 1);
+  CHECK(rec["last_error_kind"] == "connect");
   // Back: the next tick's probe clears it.
   mock.set_mode("healthy");
-  REQUIRE(d.wait_status(id, "healthy", 8s));
+  REQUIRE(d.wait_status(id, "healthy", 5s));
   CHECK(d.record(id)["consecutive_failures"] == 0);
 }
 

@@ -157,6 +157,19 @@ TEST_CASE("a result after reactivation of the new generation applies from a clea
   CHECK(r.record.status == server_status::unhealthy);
 }
 
+TEST_CASE("a failure confirming one found early updates the record without counting again",
+          "[policy]") {
+  auto confirming = failure();
+  confirming.counts = false;
+  confirming.error = "refused again";
+  auto r = apply_probe(active_server(server_status::unhealthy, 1), 7, confirming, config(2));
+  CHECK(r.transition == health_transition::unchanged);
+  CHECK(r.record.consecutive_failures == 1);
+  CHECK(r.record.is_active); // max-failures 2 is not reached
+  CHECK(r.record.last_error == std::optional<std::string>{"refused again"});
+  CHECK(r.record.last_check_at == confirming.at);
+}
+
 TEST_CASE("a gateway failure marks unhealthy at once without counting", "[policy]") {
   auto r = apply_passive_failure(active_server(server_status::healthy), 7, "refused", "connect", 10);
   CHECK(r.transition == health_transition::changed);

@@ -4,6 +4,8 @@
 // reaches the server.
 #include <catch2/catch.hpp>
 
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 
@@ -42,6 +44,28 @@ mg_test::scripted_server::answer_fn healthy_answer() {
     mg_test::write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
     return true;
   };
+}
+
+/// Connections this process watches for the server's close: entries of an
+/// epoll set registered for EPOLLRDHUP (the probe runtime's watch; asio's
+/// own set never asks for it), read from /proc/self/fdinfo. The client's
+/// side of the watch, which the server cannot see.
+int watched_connections() {
+  namespace fs = std::filesystem;
+  int count = 0;
+  for (const auto& entry : fs::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    if (fs::read_symlink(entry.path(), ec).string() != "anon_inode:[eventpoll]" || ec)
+      continue;
+    std::ifstream info("/proc/self/fdinfo/" + entry.path().filename().string());
+    for (std::string line; std::getline(info, line);) {
+      auto at = line.find("events:");
+      if (line.rfind("tfd:", 0) == 0 && at != std::string::npos
+          && (std::stoul(line.substr(at + 7), nullptr, 16) & 0x2000) != 0) // EPOLLRDHUP
+        ++count;
+    }
+  }
+  return count;
 }
 
 mg::probe_target target_for(const std::string& id, const std::string& url) {
@@ -187,12 +211,19 @@ TEST_CASE("a server that dies between probes is reported unhealthy without waiti
   CHECK_FALSE(lost.outcome.healthy);
   CHECK(lost.outcome.error_kind == "connect");
   CHECK(lost.outcome.error.find("refused a new one") != std::string::npos);
-  // The next tick's probe fails the same way.
+  CHECK(lost.outcome.counts);
+  // The next tick's probe fails the same way and confirms it, without
+  // counting again; the one after counts as ever.
   REQUIRE(driver->probe_scheduled(2000ms, 4, 0.0));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 3; }, 10s));
-  auto probed = collected.all()[2];
-  CHECK_FALSE(probed.between_probes);
-  CHECK(probed.outcome.error_kind == "connect");
+  auto confirming = collected.all()[2];
+  CHECK_FALSE(confirming.between_probes);
+  CHECK(confirming.outcome.error_kind == "connect");
+  CHECK_FALSE(confirming.outcome.counts);
+  REQUIRE(driver->probe_scheduled(2000ms, 4, 0.0));
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 4; }, 10s));
+  CHECK(collected.all()[3].outcome.counts);
+  CHECK_FALSE(collected.all()[3].outcome.healthy);
 }
 
 TEST_CASE("a server that closes idle connections but still listens gets no report and no extra probe",
@@ -209,12 +240,17 @@ TEST_CASE("a server that closes idle connections but still listens gets no repor
   auto driver = runtime.make_driver(target_for("idle", server.url()));
   REQUIRE(driver->probe_scheduled(2000ms, 1, 0.0));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
-  REQUIRE(mg::test::wait_until([&] { return server.accepted() >= 2; }, 10s)); // the reconnect
+  // Reconnected and watching the new connection: the first one was closed
+  // before the server could accept the second.
+  REQUIRE(mg::test::wait_until(
+    [&] { return server.accepted() >= 2 && watched_connections() == 1; }, 10s));
   REQUIRE(driver->probe_scheduled(2000ms, 1, 0.0));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
-  REQUIRE(mg::test::wait_until([&] { return server.accepted() >= 3; }, 10s)); // after the 2nd probe
+  REQUIRE(mg::test::wait_until(
+    [&] { return server.accepted() >= 3 && watched_connections() == 1; }, 10s));
   CHECK(server.answered() == 2);
-  CHECK(server.accepted() == 3); // the 2nd probe used the reconnected one
+  CHECK(server.accepted() == 3);         // the 2nd probe used the reconnected one
+  CHECK(server.closed_by_client() == 0); // and the client never dropped one
   CHECK(collected.size() == 2);
   for (const auto& r : collected.all()) {
     CHECK_FALSE(r.between_probes);
@@ -230,8 +266,10 @@ TEST_CASE("an abandoned driver closes its kept connection and never reconnects",
   auto driver = runtime.make_driver(target_for("stopped", server->url()));
   REQUIRE(driver->probe_scheduled(2000ms, 1, 0.0));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
+  REQUIRE(mg::test::wait_until([&] { return watched_connections() == 1; }, 10s));
   driver->abandon(); // its prober stopped: the server dying now is no news
   REQUIRE(mg::test::wait_until([&] { return server->closed_by_client() >= 1; }, 10s));
+  CHECK(watched_connections() == 0);
   auto witness = runtime.make_driver(target_for("witness", server->url()));
   REQUIRE(witness->probe_scheduled(2000ms, 1, 0.0));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));

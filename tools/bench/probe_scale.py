@@ -9,7 +9,7 @@ Run by hand, as root (it installs haproxy if missing):
 Reports per scenario: probes/s achieved vs expected, CPU microseconds per
 probe (utime+stime from /proc/PID/stat), p99 lateness of probes against their
 schedule (from /v1/health-checker), RSS, and the time from a server's death
-(refuse, hang) to `unhealthy`.
+(refuse, SIGKILL, hang) to `unhealthy`.
 
 File descriptors: each process here is limited to the hard RLIMIT_NOFILE of
 this machine (20,000 on the CI/dev machines, and it cannot be raised without
@@ -19,6 +19,7 @@ processes it starts, and splits the mock servers over processes of at most
 Only 127.0.0.1 is used.
 """
 import argparse
+import datetime
 import random
 import http.client
 import json
@@ -151,7 +152,12 @@ class Daemon:
 
 
 def time_to_unhealthy(daemon, mode):
-    """A single-port mock switched to `mode`; seconds until its record says unhealthy."""
+    """A single-port mock switched to `mode` right after a probe found it
+    healthy, or for "kill" killed (SIGKILL, the clock started before the
+    signal). `refuse` stops listening and closes the mock's connections, as a
+    process that dies does. Returns (seconds until a GET of its record, every
+    millisecond, saw `unhealthy`; seconds until the failure's `last_check_at`,
+    the instant modelgated found it, to the record's millisecond), or None."""
     mock = Mock(1)
     sid = daemon.register(mock.first_port)
     deadline = time.time() + 10
@@ -159,16 +165,26 @@ def time_to_unhealthy(daemon, mode):
         if daemon.call("GET", f"/v1/servers/{sid}")[1]["status"] == "healthy":
             break
         time.sleep(0.01)
-    mock.control({"mode": mode})
-    t0 = time.time()
+    if mode == "kill":
+        t0 = time.time()
+        mock.proc.kill()
+    else:
+        mock.control({"mode": mode})
+        t0 = time.time()
     result = None
     while time.time() < t0 + 10:
-        if daemon.call("GET", f"/v1/servers/{sid}")[1]["status"] == "unhealthy":
-            result = time.time() - t0
+        rec = daemon.call("GET", f"/v1/servers/{sid}")[1]
+        if rec["status"] == "unhealthy":
+            seen = time.time() - t0
+            found = datetime.datetime.fromisoformat(rec["last_check_at"].replace("Z", "+00:00"))
+            result = (seen, found.timestamp() - t0)
             break
-        time.sleep(0.005)
+        time.sleep(0.001)
     daemon.call("DELETE", f"/v1/servers/{sid}")
-    mock.stop()
+    if mode == "kill":
+        mock.proc.wait(5)
+    else:
+        mock.stop()
     return result
 
 
@@ -225,8 +241,10 @@ def run_modelgate(n, seconds, hang_share, workdir):
         "register_s": reg_seconds,
     }
     if hang == 0:
-        result["refused_to_unhealthy_s"] = time_to_unhealthy(daemon, "refuse")
-        result["hang_to_unhealthy_s"] = time_to_unhealthy(daemon, "hang")
+        for mode, key in (("refuse", "refused"), ("kill", "killed"), ("hang", "hang")):
+            found = time_to_unhealthy(daemon, mode)
+            result[f"{key}_to_unhealthy_s"] = found and found[0]
+            result[f"{key}_found_s"] = found and found[1]
     daemon.stop()
     for m in mocks:
         m.stop()
@@ -293,16 +311,22 @@ def main():
                 ha.append(run_haproxy(n, args.seconds, workdir))
                 print(json.dumps(ha[-1]), flush=True)
     print()
-    print("| servers | hanging | probes/s (expected) | CPU µs/probe | HAProxy CPU µs/check | ratio | p99 lateness ms | RSS MiB | refused->unhealthy s | hang->unhealthy s | GET p99 ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("Death -> unhealthy: seen by a GET every ms (found by modelgated, from last_check_at).")
+    print("| servers | hanging | probes/s (expected) | CPU µs/probe | HAProxy CPU µs/check | ratio | p99 lateness ms | RSS MiB | refused->unhealthy s | killed->unhealthy s | hang->unhealthy s | GET p99 ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         h = next((x for x in ha if x["servers"] == r["servers"]), None) if r["hanging"] == 0 else None
         hcpu = f"{h['cpu_us_per_check']:.1f} ({h['checks_per_s']:.0f}/s)" if h else "-"
         ratio = f"{r['cpu_us_per_probe'] / h['cpu_us_per_check']:.2f}" if h and h["cpu_us_per_check"] else "-"
         print(f"| {r['servers']} | {r['hanging']} | {r['probes_per_s']:.0f} ({r['expected_per_s']}) "
               f"| {r['cpu_us_per_probe']:.1f} | {hcpu} | {ratio} | {r['lateness_p99_ms']} "
-              f"| {r['rss_mib']:.1f} | {r.get('refused_to_unhealthy_s') or '-'} "
-              f"| {r.get('hang_to_unhealthy_s') or '-'} | {r['admin_get_p99_ms']:.1f} |")
+              f"| {r['rss_mib']:.1f} | {fmt_death(r, 'refused')} | {fmt_death(r, 'killed')} "
+              f"| {fmt_death(r, 'hang')} | {r['admin_get_p99_ms']:.1f} |")
+
+
+def fmt_death(row, key):
+    seen, found = row.get(f"{key}_to_unhealthy_s"), row.get(f"{key}_found_s")
+    return "-" if seen is None else f"{seen:.4f} ({found:.3f})"
 
 
 if __name__ == "__main__":
