@@ -360,10 +360,16 @@ public:
   /// reconnect is the next probe's failure at its connect step found early,
   /// reported as a failed probe, and that probe, failing too, confirms it
   /// without counting again (probe_outcome::counts); an accepted one is
-  /// kept for the next probe, nothing reported, no request sent. A connection made this way and closed
-  /// again before any probe used it is not made again: at most one
-  /// reconnect per probe, whatever the server's keep-alive timeout.
-  void on_hangup() {
+  /// kept for the next probe, nothing reported, no request sent.
+  ///
+  /// A connection made this way and closed again before any probe used it
+  /// is made again only if it was reset (`events` has EPOLLERR or
+  /// EPOLLHUP), at most `max_reconnects` times per probe: a server closing
+  /// idle connections sends a FIN, so it costs one reconnect per probe
+  /// whatever its keep-alive timeout; a dying process may close the kept
+  /// connection before its listener, so the reconnect lands in the
+  /// listener's queue, and is reset when the listener closes.
+  void on_hangup(uint32_t events) {
     if (!finished_) { // the probe in flight reads the close itself
       hangup_pending_ = true;
       return;
@@ -371,9 +377,10 @@ public:
     if (reconnecting_ || !socket_.is_open())
       return;
     close_socket();
-    bool made_by_reconnect = from_reconnect_;
+    bool reset = (events & (EPOLLERR | EPOLLHUP)) != 0;
+    bool again = !from_reconnect_ || (reset && reconnects_since_probe_ < max_reconnects);
     from_reconnect_ = false;
-    if (!made_by_reconnect && !abandoned_.load(std::memory_order_acquire))
+    if (again && !abandoned_.load(std::memory_order_acquire))
       reconnect();
   }
 
@@ -410,6 +417,7 @@ private:
     }
     hangup_pending_ = false;
     from_reconnect_ = false; // a probe uses the connection from now on
+    reconnects_since_probe_ = 0;
     timeout_ = timeout;
     started_ = clock_type::now();
     started_wall_ = std::chrono::system_clock::now();
@@ -485,6 +493,7 @@ private:
   /// probes (see on_hangup), under the probes' timeout.
   void reconnect() {
     reconnecting_ = true;
+    ++reconnects_since_probe_;
     reconnect_started_ = clock_type::now();
     auto attempt = ++reconnect_attempt_;
     rt_.add_deadline(*this, clock_type::now() + timeout_);
@@ -723,7 +732,7 @@ private:
           rt_.watch(*this);
           if (hangup_pending_) { // closed while the probe was in flight
             hangup_pending_ = false;
-            on_hangup();
+            on_hangup(0);
           }
         }
       }
@@ -779,6 +788,8 @@ private:
   uint64_t reconnect_attempt_ = 0;
   clock_type::time_point reconnect_started_;
   bool from_reconnect_ = false;
+  int reconnects_since_probe_ = 0;
+  static constexpr int max_reconnects = 3;
   bool hangup_pending_ = false;
   bool early_failure_reported_ = false; // by a refused reconnect, for the next probe
   bool reused_ = false;
@@ -829,7 +840,7 @@ void probe_runtime::impl::await_hangups() {
         if (it == watched.end())
           continue;
         if (auto client = it->second.lock())
-          client->on_hangup();
+          client->on_hangup(events[i].events);
         else
           watched.erase(it);
       }

@@ -282,3 +282,48 @@ TEST_CASE("an abandoned driver closes its kept connection and never reconnects",
   for (const auto& r : all)
     CHECK((r.server_id != "stopped" || !r.between_probes));
 }
+
+TEST_CASE("a reconnect reset by a dying server's listener is made again and then refused",
+          "[probe_runtime]") {
+  // A dying process may close the kept connection before its listener: the
+  // reconnect lands in the listener's queue and is reset when the listener
+  // closes. That reset is no keep-alive timeout: the client tries again.
+  int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::listen(listener, 8) == 0);
+  socklen_t len = sizeof a;
+  ::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len);
+  auto readable = [](int fd) {
+    pollfd p{fd, POLLIN, 0};
+    return ::poll(&p, 1, 5000) == 1;
+  };
+  report_collector collected;
+  mg::probe_runtime runtime{collected.sink()};
+  auto driver = runtime.make_driver(
+    target_for("dying", "http://127.0.0.1:" + std::to_string(ntohs(a.sin_port))));
+  REQUIRE(driver->probe_scheduled(2000ms, 9, 0.0));
+  REQUIRE(readable(listener));
+  int kept = ::accept(listener, nullptr, nullptr);
+  REQUIRE(kept >= 0);
+  std::string request;
+  char buf[1024];
+  while (request.find("\r\n\r\n") == std::string::npos && readable(kept)) {
+    auto n = ::read(kept, buf, sizeof buf);
+    REQUIRE(n > 0);
+    request.append(buf, static_cast<size_t>(n));
+  }
+  mg_test::write_all(kept, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
+  REQUIRE(mg::test::wait_until([&] { return watched_connections() == 1; }, 10s));
+  ::close(kept);               // the kept connection first...
+  REQUIRE(readable(listener)); // ...the reconnect waits in the queue...
+  ::close(listener);           // ...and is reset with the listener
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
+  auto lost = collected.all()[1];
+  CHECK(lost.between_probes);
+  CHECK(lost.generation == 9);
+  CHECK(lost.outcome.error_kind == "connect");
+}
