@@ -42,6 +42,7 @@
 #include <nlohmann/json.hpp>
 
 #include "protocol/round_wakeups.hpp"
+#include "protocol/self_connect.hpp"
 #include "protocol/time.hpp"
 #include "protocol/validation.hpp"
 
@@ -474,6 +475,8 @@ private:
       return finish_timeout();
     if (ec)
       return finish_error("connect", ec.message());
+    if (connected_to_itself(socket_.native_handle()))
+      return finish_error("connect", self_connect_message);
     prepare_connection();
     do_write();
   }
@@ -511,6 +514,8 @@ private:
       return; // ended meanwhile: by a probe's start, the deadline or abandon
     reconnecting_ = false;
     auto hold = rt_.remove_deadline(*this);
+    if (!ec && connected_to_itself(socket_.native_handle()))
+      ec = asio::error::connection_refused;
     if (!ec) {
       prepare_connection();
       from_reconnect_ = true;
@@ -753,6 +758,8 @@ private:
     }
   }
 
+  static constexpr const char* self_connect_message =
+    "Connection refused (nothing listens: the connect reached its own port)";
   probe_runtime::impl& rt_;
   static constexpr size_t read_chunk = 512; // a health answer is a few hundred bytes
   resolver_type resolver_;

@@ -25,6 +25,7 @@
 
 #include "protocol/errors.hpp"
 #include "protocol/log.hpp"
+#include "protocol/self_connect.hpp"
 #include "protocol/validation.hpp"
 
 namespace mg {
@@ -435,6 +436,9 @@ private:
                           if (ec)
                             return s.proxy_finish(proxy_result::kind::connect_failed, 0,
                                                   "connect: " + ec.message());
+                          if (connected_to_itself(s.up_->native_handle()))
+                            return s.proxy_finish(proxy_result::kind::connect_failed, 0,
+                                                  "connect: Connection refused (reached its own port)");
                           beast::error_code ignored;
                           s.up_->set_option(tcp::no_delay(true), ignored);
                           s.up_write();

@@ -12,31 +12,39 @@
 #include <functional>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
 namespace mg_test {
 
+/// A TCP listener on 127.0.0.1, on a port the kernel picks: its descriptor
+/// and port.
+inline std::pair<int, uint16_t> listen_on_loopback(int backlog = 128) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::listen(fd, backlog) == 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  return {fd, ntohs(a.sin_port)};
+}
+
 /// A health server on loopback whose answers a test writes by hand, byte by
 /// byte if it likes: `answer(fd)` runs for every request and returns whether
 /// the connection stays open. Counts the connections it accepted, those the
-/// client closed, and the requests it answered. Destroyed, it goes as a process that dies does: it
-/// stops listening, then its connections close.
+/// client closed, and the requests it answered. Destroyed, it goes as a
+/// process that dies does: it stops listening, then its connections close.
 class scripted_server {
 public:
   using answer_fn = std::function<bool(int fd)>;
 
   explicit scripted_server(answer_fn answer) : answer_(std::move(answer)) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    REQUIRE(::listen(fd_, 128) == 0);
-    socklen_t len = sizeof a;
-    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
+    std::tie(fd_, port_) = listen_on_loopback();
     thread_ = std::thread([this] { serve(); });
   }
   ~scripted_server() {

@@ -12,6 +12,7 @@
 #include "../actors/fakes.hpp" // wait_until
 #include "../scripted_server.hpp"
 #include "protocol/http_probe.hpp"
+#include "protocol/self_connect.hpp"
 
 using namespace std::chrono_literals;
 
@@ -75,6 +76,23 @@ mg::probe_target target_for(const std::string& id, const std::string& url) {
   t.health_path = "/health";
   return t;
 }
+
+/// A runtime whose one driver has probed a healthy server once, on a
+/// connection it keeps.
+struct probed_once {
+  std::unique_ptr<mg_test::scripted_server> server =
+    std::make_unique<mg_test::scripted_server>(healthy_answer());
+  report_collector collected;
+  mg::probe_runtime runtime{collected.sink()};
+  std::shared_ptr<mg::probe_driver> driver;
+
+  probed_once(const std::string& id, uint64_t generation)
+    : driver(runtime.make_driver(target_for(id, server->url()))) {
+    REQUIRE(driver->probe_scheduled(2000ms, generation, 0.0));
+    REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
+    REQUIRE(collected.all()[0].outcome.healthy);
+  }
+};
 
 } // namespace
 
@@ -195,14 +213,10 @@ TEST_CASE("a server that dies between probes is reported unhealthy without waiti
           "[probe_runtime]") {
   // Its kept connection closes; the reconnect is refused: one report, a
   // failure at the connect step, with the probes' generation.
-  auto server = std::make_unique<mg_test::scripted_server>(healthy_answer());
-  report_collector collected;
-  mg::probe_runtime runtime{collected.sink()};
-  auto driver = runtime.make_driver(target_for("dies", server->url()));
-  REQUIRE(driver->probe_scheduled(2000ms, 4, 0.0));
-  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
-  REQUIRE(collected.all()[0].outcome.healthy);
-  server.reset(); // stops listening, then closes its connections: no probe is handed over
+  probed_once p{"dies", 4};
+  auto& collected = p.collected;
+  auto& driver = p.driver;
+  p.server.reset(); // stops listening, then closes its connections: no probe is handed over
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
   auto lost = collected.all()[1];
   CHECK(lost.between_probes);
@@ -260,20 +274,16 @@ TEST_CASE("a server that closes idle connections but still listens gets no repor
 
 TEST_CASE("an abandoned driver closes its kept connection and never reconnects",
           "[probe_runtime]") {
-  auto server = std::make_unique<mg_test::scripted_server>(healthy_answer());
-  report_collector collected;
-  mg::probe_runtime runtime{collected.sink()};
-  auto driver = runtime.make_driver(target_for("stopped", server->url()));
-  REQUIRE(driver->probe_scheduled(2000ms, 1, 0.0));
-  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
+  probed_once p{"stopped", 1};
+  auto& collected = p.collected;
   REQUIRE(mg::test::wait_until([&] { return watched_connections() == 1; }, 10s));
-  driver->abandon(); // its prober stopped: the server dying now is no news
-  REQUIRE(mg::test::wait_until([&] { return server->closed_by_client() >= 1; }, 10s));
+  p.driver->abandon(); // its prober stopped: the server dying now is no news
+  REQUIRE(mg::test::wait_until([&] { return p.server->closed_by_client() >= 1; }, 10s));
   CHECK(watched_connections() == 0);
-  auto witness = runtime.make_driver(target_for("witness", server->url()));
+  auto witness = p.runtime.make_driver(target_for("witness", p.server->url()));
   REQUIRE(witness->probe_scheduled(2000ms, 1, 0.0));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
-  server.reset();
+  p.server.reset();
   // The witness, still probing, reports the death; the abandoned one nothing.
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 3; }, 10s));
   auto all = collected.all();
@@ -288,22 +298,14 @@ TEST_CASE("a reconnect reset by a dying server's listener is made again and then
   // A dying process may close the kept connection before its listener: the
   // reconnect lands in the listener's queue and is reset when the listener
   // closes. That reset is no keep-alive timeout: the client tries again.
-  int listener = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  REQUIRE(::listen(listener, 8) == 0);
-  socklen_t len = sizeof a;
-  ::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len);
+  auto [listener, port] = mg_test::listen_on_loopback(8);
   auto readable = [](int fd) {
     pollfd p{fd, POLLIN, 0};
     return ::poll(&p, 1, 5000) == 1;
   };
   report_collector collected;
   mg::probe_runtime runtime{collected.sink()};
-  auto driver = runtime.make_driver(
-    target_for("dying", "http://127.0.0.1:" + std::to_string(ntohs(a.sin_port))));
+  auto driver = runtime.make_driver(target_for("dying", "http://127.0.0.1:" + std::to_string(port)));
   REQUIRE(driver->probe_scheduled(2000ms, 9, 0.0));
   REQUIRE(readable(listener));
   int kept = ::accept(listener, nullptr, nullptr);
@@ -326,4 +328,26 @@ TEST_CASE("a reconnect reset by a dying server's listener is made again and then
   CHECK(lost.between_probes);
   CHECK(lost.generation == 9);
   CHECK(lost.outcome.error_kind == "connect");
+}
+
+TEST_CASE("a connection that reached its own port is told from a real one", "[probe_runtime]") {
+  // Forced here by binding the source port first: a connect to a port
+  // nothing listens on then meets itself (simultaneous open) and succeeds.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  CHECK(mg::connected_to_itself(fd));
+  ::close(fd);
+  auto [listener, port] = mg_test::listen_on_loopback();
+  int client = ::socket(AF_INET, SOCK_STREAM, 0);
+  a.sin_port = htons(port);
+  REQUIRE(::connect(client, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  CHECK_FALSE(mg::connected_to_itself(client));
+  ::close(client);
+  ::close(listener);
 }
