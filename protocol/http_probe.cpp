@@ -337,7 +337,8 @@ public:
         auto hold = self->rt_.remove_deadline(*self);
         self->end_reconnect();
       }
-      self->close_socket(); // no probe will use the kept connection again
+      if (self->finished_) // an on-demand probe in flight keeps its connection
+        self->close_socket(); // no probe will use the kept connection again
       self->rt_.unwatch(*self);
     });
   }
