@@ -36,10 +36,16 @@ policy_step apply_probe_in_place(server_record& rec, uint64_t generation,
     rec.consecutive_failures = 0;
     rec.last_error.reset();
     rec.last_error_kind.reset();
+    rec.early_failure_pending = false;
   } else {
     rec.status = server_status::unhealthy;
-    if (outcome.counts) // else counted already, by the early finding it confirms
+    // A failure found between probes counts at once, as the next probe's
+    // failure found early; that probe, failing too, confirms it instead of
+    // counting again, and only a probe deregisters. So the count and the
+    // deregistration come when they would have without the early finding.
+    if (!rec.early_failure_pending)
       rec.consecutive_failures += 1;
+    rec.early_failure_pending = outcome.between_probes;
     rec.last_error = outcome.error;
     rec.last_error_kind = outcome.error_kind;
   }
@@ -51,7 +57,7 @@ policy_step apply_probe_in_place(server_record& rec, uint64_t generation,
                                                        : std::optional<std::string>{
                                                          outcome.error_kind + ": " + outcome.error}));
   }
-  if (!outcome.healthy && config.auto_deregister
+  if (!outcome.healthy && !outcome.between_probes && config.auto_deregister
       && rec.consecutive_failures >= config.max_failures) {
     rec.is_active = false;
     rec.deregistered_at = outcome.at;

@@ -4,8 +4,9 @@
 // `apply_probe(record, generation, outcome, config)`: a result carrying an
 // older generation, or arriving for an inactive server, is dropped; a success
 // sets `healthy` and zero failures; a failure sets `unhealthy` and adds one
-// (unless it confirms one counted already: probe_outcome::counts), and at
-// `max_failures` with auto-deregistration on, soft-deletes the server
+// (unless it confirms one found between probes, counted already:
+// probe_outcome::between_probes), and at `max_failures` (a probe's, not one
+// found between probes) with auto-deregistration on, soft-deletes the server
 // with reason `health_check`. Status changes (not every probe) become events.
 #pragma once
 

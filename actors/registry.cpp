@@ -201,6 +201,7 @@ void reset_to_active(server_record& rec, epoch_ms now) {
   rec.is_active = true;
   rec.status = server_status::unknown;
   rec.consecutive_failures = 0;
+  rec.early_failure_pending = false;
   rec.last_check_at.reset();
   rec.last_response_time_ms.reset();
   rec.last_error.reset();
@@ -399,7 +400,7 @@ registry_actor::behavior_type registry_impl(registry_self self, registry_options
       for (size_t i = 0; i < reports.size(); ++i) {
         const auto& r = reports[i];
         if (found[i] != nullptr && apply_outcome(self, *found[i], r.generation, r.outcome)
-            && !r.between_probes)
+            && !r.outcome.between_probes)
           st.stats.lateness.add(r.outcome.lateness_ms);
       }
     },

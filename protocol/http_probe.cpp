@@ -360,9 +360,9 @@ public:
   /// gone: one that closes idle connections after a keep-alive timeout
   /// still accepts a new one. So the client reconnects at once: a refused
   /// reconnect is the next probe's failure at its connect step found early,
-  /// reported as a failed probe, and that probe, failing too, confirms it
-  /// without counting again (probe_outcome::counts); an accepted one is
-  /// kept for the next probe, nothing reported, no request sent.
+  /// reported as a failure (probe_outcome::between_probes; the health
+  /// policy says how it counts); an accepted one is kept for the next
+  /// probe, nothing reported, no request sent.
   ///
   /// A connection made this way and closed again before any probe used it
   /// is made again only if it was reset (`events` has EPOLLERR or
@@ -532,11 +532,9 @@ private:
     out.response_time_ms =
       std::chrono::duration<double, std::milli>(clock_type::now() - reconnect_started_).count();
     out.at = now_ms();
+    out.between_probes = true;
     last_reported_healthy_ = false; // so the success that clears it is news
-    early_failure_reported_ = true; // the next probe, failing too, confirms it
-    probe_report report{target_.server_id, generation_, std::move(out)};
-    report.between_probes = true;
-    rt_.hand_on(std::move(report), true);
+    rt_.hand_on(probe_report{target_.server_id, generation_, std::move(out)}, true);
   }
 
   void end_reconnect() {
@@ -726,11 +724,6 @@ private:
       scheduled_ = false;
       out.lateness_ms = lateness_ms_;
       if (!abandoned_.load(std::memory_order_acquire)) {
-        if (early_failure_reported_) { // this probe's failure was found early
-          early_failure_reported_ = false;
-          if (!out.healthy)
-            out.counts = false;
-        }
         bool news = !out.healthy || !last_reported_healthy_;
         last_reported_healthy_ = out.healthy;
         rt_.hand_on(probe_report{target_.server_id, generation_, std::move(out)}, news);
@@ -799,7 +792,6 @@ private:
   int reconnects_since_probe_ = 0;
   static constexpr int max_reconnects = 3;
   bool hangup_pending_ = false;
-  bool early_failure_reported_ = false; // by a refused reconnect, for the next probe
   bool reused_ = false;
   bool timed_out_ = false;
   bool finished_ = true;

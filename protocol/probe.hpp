@@ -29,13 +29,13 @@ struct probe_outcome {
   std::string error_kind; // connect, timeout, http_status, invalid_body, resolve, protocol
   epoch_ms at = 0;        // when the probe finished (wall clock)
   double lateness_ms = 0; // how late the probe started against its schedule
-  /// False for a failure already counted: a refused reconnect between
-  /// probes (probe_report::between_probes) is the next probe's failure
-  /// found early, so when that probe fails too it updates the record
-  /// without adding to consecutive_failures. Failures then count once per
-  /// interval, and deregistration comes when it would have without the
-  /// early finding.
-  bool counts = true;
+  /// Not from a tick: the server closed the connection kept for its probes
+  /// and refused the reconnect made at once (as a server whose process died
+  /// does), the next probe's failure at its connect step found early. The
+  /// health policy counts it at once but leaves deregistration to that next
+  /// probe, which, failing too, confirms it without counting again; it has
+  /// no schedule, so no lateness.
+  bool between_probes = false;
 };
 
 /// A scheduled probe's outcome as the registry applies it: for (server,
@@ -45,11 +45,6 @@ struct probe_report {
   std::string server_id;
   uint64_t generation = 0;
   probe_outcome outcome;
-  /// Not from a tick: the server closed the connection kept for its probes
-  /// and refused the reconnect made at once (as a server whose process died
-  /// does), the next probe's failure at its connect step found early. It
-  /// counts as a failed probe; it has no schedule, so no lateness.
-  bool between_probes = false;
 };
 
 /// The body cap of a health response; a larger one fails as invalid_body.

@@ -62,6 +62,10 @@ struct server_record {
   /// In memory only: bumped by every deregistration and reactivation, so a
   /// probe result from before the change is recognised and dropped.
   uint64_t generation = 0;
+  /// In memory only: the last result applied was a failure found between
+  /// probes (probe_outcome::between_probes), counted already; the next
+  /// failed probe confirms it without counting again.
+  bool early_failure_pending = false;
 };
 
 /// A status transition of one server, as kept in `server_events`.

@@ -236,9 +236,8 @@ TEST_CASE_METHOD(fixture, "a reconnect refused between probes counts as a failed
   auto before = ask<health_stats>(stats_atom::value);
   auto refused = test::failed_outcome("connect");
   refused.error = "the server closed the kept connection and refused a new one";
-  probe_report between{a.id, a.generation, refused};
-  between.between_probes = true;
-  self->send(reg, probed_atom::value, std::vector<probe_report>{between});
+  refused.between_probes = true;
+  self->send(reg, probed_atom::value, std::vector<probe_report>{probe_report{a.id, a.generation, refused}});
   auto rec = ask<server_record>(get_atom::value, a.id);
   CHECK(rec.status == server_status::unhealthy);
   CHECK(rec.consecutive_failures == 1);
@@ -252,6 +251,12 @@ TEST_CASE_METHOD(fixture, "a reconnect refused between probes counts as a failed
   for (auto c : after.lateness.counts)
     samples_after += c;
   CHECK(samples_after == samples_before); // no schedule, no lateness
+  // The next probe, failing too, confirms it; the one after counts.
+  for (int expected : {1, 2}) {
+    self->send(reg, probed_atom::value,
+               std::vector<probe_report>{probe_report{a.id, a.generation, test::failed_outcome()}});
+    CHECK(ask<server_record>(get_atom::value, a.id).consecutive_failures == expected);
+  }
 }
 
 TEST_CASE("routine probe timings reach the disk later than state changes, and at a flush",

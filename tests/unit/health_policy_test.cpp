@@ -157,17 +157,29 @@ TEST_CASE("a result after reactivation of the new generation applies from a clea
   CHECK(r.record.status == server_status::unhealthy);
 }
 
-TEST_CASE("a failure confirming one found early updates the record without counting again",
+TEST_CASE("a failure found between probes counts at once and only the next probe deregisters",
           "[policy]") {
-  auto confirming = failure();
-  confirming.counts = false;
-  confirming.error = "refused again";
-  auto r = apply_probe(active_server(server_status::unhealthy, 1), 7, confirming, config(2));
-  CHECK(r.transition == health_transition::unchanged);
+  auto early = failure();
+  early.between_probes = true;
+  auto r = apply_probe(active_server(server_status::healthy), 7, early, config(1));
+  CHECK(r.transition == health_transition::changed);
+  CHECK(r.record.status == server_status::unhealthy);
   CHECK(r.record.consecutive_failures == 1);
-  CHECK(r.record.is_active); // max-failures 2 is not reached
-  CHECK(r.record.last_error == std::optional<std::string>{"refused again"});
-  CHECK(r.record.last_check_at == confirming.at);
+  CHECK(r.record.is_active); // at max-failures 1, too: a probe deregisters
+  CHECK(r.record.early_failure_pending);
+  auto confirmed = apply_probe(r.record, 7, failure(), config(1));
+  CHECK(confirmed.transition == health_transition::deregistered);
+  CHECK(confirmed.record.consecutive_failures == 1);
+  // At max-failures 3 the confirming failure does not count again; the next one does.
+  auto second = apply_probe(r.record, 7, failure(), config(3));
+  CHECK(second.record.consecutive_failures == 1);
+  CHECK_FALSE(second.record.early_failure_pending);
+  CHECK(apply_probe(second.record, 7, failure(), config(3)).record.consecutive_failures == 2);
+  // A success in between (an on-demand check, say) ends it: the next failure counts.
+  auto back = apply_probe(r.record, 7, success(), config(3));
+  CHECK(back.record.consecutive_failures == 0);
+  CHECK_FALSE(back.record.early_failure_pending);
+  CHECK(apply_probe(back.record, 7, failure(), config(3)).record.consecutive_failures == 1);
 }
 
 TEST_CASE("a gateway failure marks unhealthy at once without counting", "[policy]") {
