@@ -158,6 +158,23 @@ TEST_CASE("a server that dies between probes is unhealthy long before its next p
   CHECK(d.record(id)["consecutive_failures"] == 0);
 }
 
+TEST_CASE("at max-failures 1 a server that dies between probes is retired by its next probe and not before",
+          "[probing][integration]") {
+  probing_daemon d{"2", "1", "1"};
+  mock_server mock;
+  auto id = d.register_server(mock.url());
+  REQUIRE(d.wait_status(id, "healthy", 4s));
+  mock.set_mode("refuse");
+  REQUIRE(d.wait_status(id, "unhealthy", 1s)); // found between probes: the next tick is ~2 s away
+  auto rec = d.record(id);
+  CHECK(rec["is_active"] == true);
+  CHECK(rec["consecutive_failures"] == 1);
+  REQUIRE(wait_until([&] { return d.record(id)["is_active"] == false; }, 4s)); // the tick's probe
+  rec = d.record(id);
+  CHECK(rec["deregistered_reason"] == "health_check");
+  CHECK(rec["consecutive_failures"] == 1);
+}
+
 TEST_CASE("a server that recovers before the threshold is healthy again with zero failures",
           "[probing][integration]") {
   probing_daemon d{"0.2", "0.2", "5"};
