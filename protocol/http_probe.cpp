@@ -331,12 +331,10 @@ public:
   void abandon() override {
     abandoned_.store(true, std::memory_order_release);
     asio::post(rt_.ioc, [self = shared_from_this()] {
-      if (self->scheduled_) {
+      if (self->scheduled_)
         self->expire(); // ends as a timeout, unreported
-      } else if (self->reconnecting_) {
-        auto hold = self->rt_.remove_deadline(*self);
-        self->end_reconnect();
-      }
+      else
+        self->cancel_reconnect();
       if (self->finished_) // an on-demand probe in flight keeps its connection
         self->close_socket(); // no probe will use the kept connection again
       self->rt_.unwatch(*self);
@@ -413,10 +411,7 @@ private:
   enum class step { resolve, connect, write, read };
 
   void start(std::chrono::milliseconds timeout) {
-    if (reconnecting_) { // the probe connects itself
-      auto hold = rt_.remove_deadline(*this);
-      end_reconnect();
-    }
+    cancel_reconnect(); // the probe connects itself
     hangup_pending_ = false;
     from_reconnect_ = false; // a probe uses the connection from now on
     reconnects_since_probe_ = 0;
@@ -477,7 +472,7 @@ private:
     if (ec)
       return finish_error("connect", ec.message());
     if (connected_to_itself(socket_.native_handle()))
-      return finish_error("connect", self_connect_message);
+      return finish_error("connect", self_connect_error);
     prepare_connection();
     do_write();
   }
@@ -500,7 +495,7 @@ private:
     ++reconnects_since_probe_;
     reconnect_started_ = clock_type::now();
     auto attempt = ++reconnect_attempt_;
-    rt_.add_deadline(*this, clock_type::now() + timeout_);
+    rt_.add_deadline(*this, reconnect_started_ + timeout_);
     // To the address the kept connection went to, in one operation: the
     // composed connect over several addresses would, cancelled while a
     // probe reopens the socket, go on to the next address on the probe's
@@ -535,6 +530,15 @@ private:
     out.between_probes = true;
     last_reported_healthy_ = false; // so the success that clears it is news
     rt_.hand_on(probe_report{target_.server_id, generation_, std::move(out)}, true);
+  }
+
+  /// Ends a reconnect in flight, unreported; the deadline sweep, which
+  /// has already taken it off the list, calls end_reconnect directly.
+  void cancel_reconnect() {
+    if (!reconnecting_)
+      return;
+    auto hold = rt_.remove_deadline(*this);
+    end_reconnect();
   }
 
   void end_reconnect() {
@@ -752,8 +756,6 @@ private:
     }
   }
 
-  static constexpr const char* self_connect_message =
-    "Connection refused (nothing listens: the connect reached its own port)";
   probe_runtime::impl& rt_;
   static constexpr size_t read_chunk = 512; // a health answer is a few hundred bytes
   resolver_type resolver_;

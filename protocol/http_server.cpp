@@ -438,7 +438,7 @@ private:
                                                   "connect: " + ec.message());
                           if (connected_to_itself(s.up_->native_handle()))
                             return s.proxy_finish(proxy_result::kind::connect_failed, 0,
-                                                  "connect: Connection refused (reached its own port)");
+                                                  std::string("connect: ") + self_connect_error);
                           beast::error_code ignored;
                           s.up_->set_option(tcp::no_delay(true), ignored);
                           s.up_write();

@@ -13,6 +13,10 @@
 
 namespace mg {
 
+/// The error a connection that reached itself reports.
+inline constexpr const char* self_connect_error =
+  "Connection refused (nothing listens: the connect reached its own port)";
+
 /// True when the connected socket `fd` has the same local and peer address.
 inline bool connected_to_itself(int fd) {
   sockaddr_storage local{}, peer{};
