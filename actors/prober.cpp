@@ -66,7 +66,8 @@ prober_actor::behavior_type prober_impl(prober_self self, prober_options options
         return; // from an older schedule
       auto now = st.options.clock();
       auto lateness = static_cast<double>(std::max<int64_t>(0, now - st.next_due_ms));
-      if (st.options.driver->probe_scheduled(st.options.timeout, st.options.generation, lateness)) {
+      scheduled_probe probe{st.options.timeout, st.options.generation, lateness, st.options.interval};
+      if (st.options.driver->probe_scheduled(probe)) {
         ++st.probes_started;
       } else {
         ++st.ticks_skipped; // the last probe is still running: never two at once

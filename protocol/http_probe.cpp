@@ -15,6 +15,7 @@
 // thread receiving them wakes once per batch rather than once per probe.
 #include "protocol/http_probe.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <optional>
@@ -150,6 +151,7 @@ struct probe_runtime::impl {
   probe_client* earliest = nullptr;
   probe_client* latest = nullptr;
   timer_type sweeper{ioc.get_executor()};
+  static constexpr auto sweep_step = std::chrono::milliseconds(1);
   std::optional<clock_type::time_point> sweeper_at;
 
   // Finished probes waiting to be handed on. A report with news for the
@@ -192,9 +194,11 @@ struct probe_runtime::impl {
   //    not there yet is waited for as usual (an asio readiness wait);
   //  - the collect wait adapts: it grows while answers still arrive in its
   //    last quarter and shrinks while they all come early (a server that
-  //    hangs never counts), between `min_collect` and `max_collect`.
+  //    hangs never counts), between `min_collect` and `max_collect`;
+  //  - the collect wait ends at the earliest deadline, and a deadline due
+  //    is swept at the end of the pass, so no probe times out late.
   // The drain blocks the I/O thread for those few milliseconds: on-demand
-  // probes and deadlines wait at most that long. Response times are not
+  // probes wait at most that long. Response times are not
   // stretched by the wait: they come from the kernel's receive timestamps.
   static constexpr auto min_collect = std::chrono::microseconds(500);
   // Up to 20 ms: the mock servers of tools/bench answer a 50 ms slot's 500
@@ -240,6 +244,7 @@ struct probe_runtime::impl {
   std::shared_ptr<probe_client> remove_deadline(probe_client& client);
   void arm_sweeper();
   void sweep();
+  void sweep_if_due();
   void hand_on(probe_callback done, probe_outcome out);
   void hand_on(probe_report report, bool news);
   void post_urgent_flush();
@@ -278,15 +283,12 @@ public:
     });
   }
 
-  bool probe_scheduled(std::chrono::milliseconds timeout, uint64_t generation,
-                       double lateness_ms) override {
+  bool probe_scheduled(const scheduled_probe& probe) override {
     if (scheduled_busy_.exchange(true, std::memory_order_acq_rel))
       return false;
     // The I/O thread reads these once it has taken this client off the
     // runtime's stack; until the probe finishes, nobody else writes them.
-    handed_over_.timeout = timeout;
-    handed_over_.generation = generation;
-    handed_over_.lateness_ms = lateness_ms;
+    handed_over_.probe = probe;
     handed_over_.at = clock_type::now();
     handed_over_.hold = shared_from_this();
     rt_.hand_over(*this);
@@ -296,9 +298,7 @@ public:
   /// The scheduled probe handed over, between the hand-over and its start;
   /// `next` links the runtime's stack of them.
   struct hand_over_entry {
-    std::chrono::milliseconds timeout{0};
-    uint64_t generation = 0;
-    double lateness_ms = 0;
+    scheduled_probe probe;
     clock_type::time_point at;
     std::shared_ptr<probe_client> hold; // keeps it alive while on the stack
     probe_client* next = nullptr;
@@ -312,10 +312,21 @@ public:
       return;
     }
     scheduled_ = true;
-    generation_ = handed_over_.generation;
-    lateness_ms_ = handed_over_.lateness_ms
+    const auto& probe = handed_over_.probe;
+    generation_ = probe.generation;
+    lateness_ms_ = probe.lateness_ms
                    + std::chrono::duration<double, std::milli>(now - handed_over_.at).count();
-    start(handed_over_.timeout);
+    // On the schedule, this probe ends one interval plus the timeout after
+    // the last one started (see scheduled_probe::interval). A server that
+    // answered that one and hangs from then on is found within one interval
+    // plus the timeout of its last answer, even when this probe starts a
+    // few milliseconds later in its slot than the last one did.
+    std::optional<clock_type::time_point> on_schedule;
+    if (probe.interval.count() > 0 && last_scheduled_start_
+        && now - *last_scheduled_start_ < probe.interval + probe.interval / 2)
+      on_schedule = *last_scheduled_start_ + probe.interval + probe.timeout;
+    start(probe.timeout, on_schedule);
+    last_scheduled_start_ = started_;
   }
 
   /// Reads the answer of a request sent in a drain's send pass (I/O thread);
@@ -410,7 +421,10 @@ public:
 private:
   enum class step { resolve, connect, write, read };
 
-  void start(std::chrono::milliseconds timeout) {
+  /// Starts a probe that ends by `timeout` from now, or at `no_later`
+  /// if that is sooner, though never before nine tenths of `timeout`.
+  void start(std::chrono::milliseconds timeout,
+             std::optional<clock_type::time_point> no_later = std::nullopt) {
     cancel_reconnect(); // the probe connects itself
     hangup_pending_ = false;
     from_reconnect_ = false; // a probe uses the connection from now on
@@ -423,7 +437,10 @@ private:
     timed_out_ = false;
     if (url_.https)
       return finish_error("protocol", "https health checks are not supported yet");
-    rt_.add_deadline(*this, started_ + timeout);
+    auto deadline = started_ + timeout;
+    if (no_later && *no_later < deadline)
+      deadline = std::max(*no_later, started_ + timeout - timeout / 10);
+    rt_.add_deadline(*this, deadline);
     if (socket_.is_open()) {
       reused_ = true;
       return do_write();
@@ -780,6 +797,7 @@ private:
   std::atomic<bool> scheduled_busy_{false};
   std::atomic<bool> abandoned_{false}; // the prober stopped: report nothing more
   clock_type::time_point started_;
+  std::optional<clock_type::time_point> last_scheduled_start_; // see start_scheduled
   std::chrono::system_clock::time_point started_wall_; // the receive timestamps' clock
   std::optional<std::chrono::system_clock::time_point> arrival_; // of the last bytes read
   step step_ = step::resolve;
@@ -926,16 +944,23 @@ void probe_runtime::impl::drain() {
     if (!collecting.empty())
       collect();
     in_batch = false;
+    sweep_if_due();
     flush_if_due(); // news at once, routine successes every routine_flush_delay
   }
 }
 
 void probe_runtime::impl::collect() {
   auto waited_from = std::chrono::system_clock::now(); // the receive timestamps' clock
-  std::this_thread::sleep_for(collect_window);
+  auto window = collect_window;
+  if (earliest != nullptr) { // never past a deadline (see sweep_if_due)
+    auto until_due = std::chrono::duration_cast<std::chrono::microseconds>(
+      round_down(earliest->deadline.at, sweep_step) - clock_type::now());
+    window = std::clamp(until_due, std::chrono::microseconds(0), collect_window);
+  }
+  std::this_thread::sleep_for(window);
   auto reading = std::move(collecting);
   collecting.clear();
-  auto late_from = waited_from + collect_window * 3 / 4;
+  auto late_from = waited_from + window * 3 / 4;
   size_t answered = 0, late = 0;
   for (auto* client : reading) {
     if (auto arrival = client->read_collected()) {
@@ -944,7 +969,7 @@ void probe_runtime::impl::collect() {
         ++late;
     }
   }
-  if (answered >= 8) { // too few say nothing
+  if (answered >= 8 && window == collect_window) { // too few, or cut short: say nothing
     if (late * 10 >= answered)
       collect_window = std::min<std::chrono::microseconds>(collect_window * 3 / 2, max_collect);
     else if (late * 50 < answered)
@@ -997,8 +1022,10 @@ void probe_runtime::impl::arm_sweeper() {
   // first; it then finds nothing due and re-arms for the earliest left.
   if (earliest == nullptr)
     return;
-  // Sweeps land on 1 ms steps: one wake-up expires every probe due in it.
-  auto at = round_up(earliest->deadline.at, std::chrono::milliseconds(1));
+  // Sweeps land on 1 ms steps, at or before the deadline: one wake-up
+  // expires every probe due in the step after it, up to 1 ms early, so no
+  // probe ends later than its deadline (see scheduled_probe::interval).
+  auto at = round_down(earliest->deadline.at, sweep_step);
   if (sweeper_at && *sweeper_at <= at)
     return; // already armed early enough
   sweeper_at = at;
@@ -1011,9 +1038,15 @@ void probe_runtime::impl::arm_sweeper() {
   });
 }
 
+void probe_runtime::impl::sweep_if_due() {
+  // The sweeper's wake-up waits while a drain blocks the thread.
+  if (earliest != nullptr && earliest->deadline.at < clock_type::now() + sweep_step)
+    sweep();
+}
+
 void probe_runtime::impl::sweep() {
   auto now = clock_type::now();
-  while (earliest != nullptr && earliest->deadline.at <= now) {
+  while (earliest != nullptr && earliest->deadline.at < now + sweep_step) {
     auto client = remove_deadline(*earliest);
     client->expire();
   }

@@ -61,6 +61,20 @@ namespace mg {
 
 using probe_callback = std::function<void(probe_outcome)>;
 
+/// A scheduled probe, as its prober hands it to the driver.
+struct scheduled_probe {
+  std::chrono::milliseconds timeout{0};
+  uint64_t generation = 0; // the server's, when its prober started
+  double lateness_ms = 0;  // how late the tick is against its schedule
+  /// The prober's interval, or 0. With it, a probe that follows the last
+  /// scheduled one by about an interval (less than one and a half) ends no
+  /// later than one interval plus the timeout after that one's start, and
+  /// never less than nine tenths of the timeout after its own: a server that
+  /// stops answering right after a probe is then found within one interval
+  /// plus the timeout, however late this probe starts.
+  std::chrono::milliseconds interval{0};
+};
+
 /// Receives the reports of scheduled probes, all that finished within a
 /// few milliseconds in one call, on an I/O thread; must only hand them on
 /// (modelgate sends them to the registry as one message).
@@ -79,8 +93,7 @@ public:
   /// the outcome) goes to the report sink of the driver's maker, batched with
   /// other servers' reports, never through the caller. While the previous
   /// scheduled probe is still running it starts nothing and returns false.
-  virtual bool probe_scheduled(std::chrono::milliseconds timeout, uint64_t generation,
-                               double lateness_ms) = 0;
+  virtual bool probe_scheduled(const scheduled_probe& probe) = 0;
   /// Called by the prober when it stops (deregistration, pause, shutdown):
   /// a scheduled probe still in flight ends at once and reports nothing, as
   /// if its prober had never started it. Any thread.

@@ -35,4 +35,12 @@ std::chrono::time_point<Clock, Duration> round_up(std::chrono::time_point<Clock,
     ((t.time_since_epoch() + grid - Duration(1)) / grid) * grid};
 }
 
+/// `t` rounded down to a multiple of `step` since its clock's epoch.
+template <class Clock, class Duration, class Rep, class Period>
+std::chrono::time_point<Clock, Duration> round_down(std::chrono::time_point<Clock, Duration> t,
+                                                    std::chrono::duration<Rep, Period> step) {
+  auto grid = std::chrono::duration_cast<Duration>(step);
+  return std::chrono::time_point<Clock, Duration>{(t.time_since_epoch() / grid) * grid};
+}
+
 } // namespace mg

@@ -43,6 +43,7 @@ struct fake_probes {
   std::mutex mtx;
   std::deque<pending_probe> pending;
   std::vector<std::string> probed_ids;
+  std::vector<scheduled_probe> scheduled; // as handed to the drivers
   std::optional<probe_outcome> auto_outcome;
   probe_report_sink sink;
 
@@ -59,6 +60,11 @@ struct fake_probes {
   size_t started() {
     std::lock_guard<std::mutex> g{mtx};
     return probed_ids.size();
+  }
+
+  scheduled_probe last_scheduled() {
+    std::lock_guard<std::mutex> g{mtx};
+    return scheduled.empty() ? scheduled_probe{} : scheduled.back();
   }
 
   size_t in_flight() {
@@ -98,16 +104,19 @@ public:
     start(std::move(p));
   }
 
-  bool probe_scheduled(std::chrono::milliseconds, uint64_t generation,
-                       double lateness_ms) override {
+  bool probe_scheduled(const scheduled_probe& probe) override {
     if (busy_->exchange(true))
       return false;
     fake_probes::pending_probe p;
     p.report.server_id = id_;
-    p.report.generation = generation;
-    p.report.outcome.lateness_ms = lateness_ms;
+    p.report.generation = probe.generation;
+    p.report.outcome.lateness_ms = probe.lateness_ms;
     p.busy = busy_;
     p.abandoned = abandoned_;
+    {
+      std::lock_guard<std::mutex> g{probes_->mtx};
+      probes_->scheduled.push_back(probe);
+    }
     start(std::move(p));
     return true;
   }

@@ -84,6 +84,10 @@ TEST_CASE_METHOD(prober_fixture, "the first tick lands inside the first interval
   fire(0);
   REQUIRE(test::wait_until([&] { return probes->started() == 1 && ticks.count() == 2; }));
   CHECK(ticks.at(1).delay == 1000ms); // on the grid
+  auto handed = probes->last_scheduled();
+  CHECK(handed.timeout == 500ms);
+  CHECK(handed.interval == 1000ms); // so the probe can keep to the schedule
+  CHECK(handed.generation == server.generation);
   probes->complete(test::healthy_outcome());
   *now += 1000;
   fire(1);

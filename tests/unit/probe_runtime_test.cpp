@@ -89,7 +89,7 @@ struct probed_once {
 
   probed_once(const std::string& id, uint64_t generation)
     : driver(runtime.make_driver(target_for(id, server->url()))) {
-    REQUIRE(driver->probe_scheduled(2000ms, generation, 0.0));
+    REQUIRE(driver->probe_scheduled({2000ms, generation, 0.0}));
     REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
     REQUIRE(collected.all()[0].outcome.healthy);
   }
@@ -113,8 +113,8 @@ TEST_CASE("scheduled probes handed over together all run once and report their g
   for (int i = 0; i < count; ++i)
     drivers.push_back(runtime.make_driver(target_for("s" + std::to_string(i), server.url())));
   for (int i = 0; i < count; ++i) {
-    REQUIRE(drivers[i]->probe_scheduled(2000ms, 100 + i, 5.0));
-    CHECK_FALSE(drivers[i]->probe_scheduled(2000ms, 100 + i, 5.0)); // one in flight at most
+    REQUIRE(drivers[i]->probe_scheduled({2000ms, uint64_t(100 + i), 5.0}));
+    CHECK_FALSE(drivers[i]->probe_scheduled({2000ms, uint64_t(100 + i), 5.0})); // one in flight at most
   }
   answer = true;
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= count; }, 10s));
@@ -131,7 +131,7 @@ TEST_CASE("scheduled probes handed over together all run once and report their g
     CHECK(r.outcome.lateness_ms >= 5.0); // the prober's lateness plus the hand-over's wait
   }
   // Reported, so free again: the next tick starts a probe, on the kept connection.
-  REQUIRE(drivers[0]->probe_scheduled(2000ms, 100, 0.0));
+  REQUIRE(drivers[0]->probe_scheduled({2000ms, 100, 0.0}));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= count + 1; }, 10s));
   CHECK(mg::test::wait_until([&] { return server.answered() >= count + 1; }, 10s));
 }
@@ -146,16 +146,16 @@ TEST_CASE("a scheduled probe of an abandoned driver never reaches the server",
   auto abandoned = runtime.make_driver(target_for("gone", server.url()));
   auto kept = runtime.make_driver(target_for("kept", server.url()));
   abandoned->abandon();
-  REQUIRE(abandoned->probe_scheduled(2000ms, 1, 0.0));
-  REQUIRE(kept->probe_scheduled(2000ms, 1, 0.0));
+  REQUIRE(abandoned->probe_scheduled({2000ms, 1, 0.0}));
+  REQUIRE(kept->probe_scheduled({2000ms, 1, 0.0}));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
-  REQUIRE(kept->probe_scheduled(2000ms, 1, 0.0));
+  REQUIRE(kept->probe_scheduled({2000ms, 1, 0.0}));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2 && server.answered() >= 2; }, 10s));
   for (const auto& r : collected.all())
     CHECK(r.server_id == "kept");
   CHECK(server.answered() == 2); // the kept driver's two probes only
   // Skipped, not stuck: the abandoned driver takes the next tick again.
-  CHECK(mg::test::wait_until([&] { return abandoned->probe_scheduled(2000ms, 1, 0.0); }, 10s));
+  CHECK(mg::test::wait_until([&] { return abandoned->probe_scheduled({2000ms, 1, 0.0}); }, 10s));
 }
 
 TEST_CASE("a kept connection's answer is timed from its arrival, not from when the drain reads it",
@@ -174,10 +174,10 @@ TEST_CASE("a kept connection's answer is timed from its arrival, not from when t
   report_collector collected;
   mg::probe_runtime runtime{collected.sink()};
   auto driver = runtime.make_driver(target_for("timed", server.url()));
-  REQUIRE(driver->probe_scheduled(2000ms, 1, 0.0)); // connects
+  REQUIRE(driver->probe_scheduled({2000ms, 1, 0.0})); // connects
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
   auto handed_over = std::chrono::steady_clock::now();
-  REQUIRE(driver->probe_scheduled(2000ms, 1, 0.0)); // the kept connection: the drain's path
+  REQUIRE(driver->probe_scheduled({2000ms, 1, 0.0})); // the kept connection: the drain's path
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
   auto report = collected.all().back();
   REQUIRE(report.outcome.healthy);
@@ -205,7 +205,7 @@ TEST_CASE("an answer slower than the drain's collect wait is still read and time
   mg::probe_runtime runtime{collected.sink()};
   auto driver = runtime.make_driver(target_for("slow", server.url()));
   for (size_t probes = 1; probes <= 3; ++probes) { // a new connection, then the kept one
-    REQUIRE(driver->probe_scheduled(2000ms, 7, 0.0));
+    REQUIRE(driver->probe_scheduled({2000ms, 7, 0.0}));
     REQUIRE(mg::test::wait_until([&] { return collected.size() >= probes; }, 10s));
     auto report = collected.all().back();
     CHECK(report.outcome.healthy);
@@ -215,6 +215,61 @@ TEST_CASE("an answer slower than the drain's collect wait is still read and time
     CHECK(*report.outcome.response_time_ms < 1000.0);
   }
   CHECK(server.answered() == 3);
+}
+
+namespace {
+
+/// The response time of a probe that times out (its server answered the
+/// last probe and hangs from then on), scheduled `gap` after that last one
+/// with `interval` and `timeout`. The gap is the scenario (a probe that
+/// starts late), so the test thread sleeps it out.
+double hang_timeout_after(std::chrono::milliseconds interval, std::chrono::milliseconds timeout,
+                          std::chrono::milliseconds gap) {
+  std::atomic<int> requests{0};
+  mg_test::scripted_server server{[&](int fd) {
+    if (++requests == 1)
+      mg_test::write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    return true; // later requests: never answered
+  }};
+  report_collector collected;
+  mg::probe_runtime runtime{collected.sink()};
+  auto driver = runtime.make_driver(target_for("hangs", server.url()));
+  auto first = std::chrono::steady_clock::now();
+  REQUIRE(driver->probe_scheduled({timeout, 1, 0.0, interval}));
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
+  REQUIRE(collected.all()[0].outcome.healthy);
+  std::this_thread::sleep_until(first + gap);
+  REQUIRE(driver->probe_scheduled({timeout, 1, 0.0, interval}));
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
+  auto timed_out = collected.all()[1].outcome;
+  CHECK(timed_out.error_kind == "timeout");
+  REQUIRE(timed_out.response_time_ms);
+  return *timed_out.response_time_ms;
+}
+
+} // namespace
+
+TEST_CASE("a probe late on its schedule ends one interval plus the timeout after the last one started",
+          "[probe_runtime]") {
+  // Started 60 ms late, it ends at 2,000 ms (interval + timeout after the
+  // first probe), 940 ms after its own start instead of the full second.
+  auto waited = hang_timeout_after(1000ms, 1000ms, 1060ms);
+  CHECK(waited >= 898.9); // the sweep may end it up to 1 ms early
+  CHECK(waited < 985.0);
+}
+
+TEST_CASE("a probe very late on its schedule still gets nine tenths of its timeout",
+          "[probe_runtime]") {
+  auto waited = hang_timeout_after(1000ms, 1000ms, 1200ms); // the schedule would leave 800 ms
+  CHECK(waited >= 898.9); // the sweep may end it up to 1 ms early
+  CHECK(waited < 960.0);
+}
+
+TEST_CASE("a probe that does not follow the last one by about an interval gets its whole timeout",
+          "[probe_runtime]") {
+  // Half an interval late or more: a tick was skipped, or probing paused.
+  auto waited = hang_timeout_after(1000ms, 500ms, 1600ms);
+  CHECK(waited >= 498.9);
 }
 
 TEST_CASE("a server that dies between probes is reported unhealthy without waiting for a probe",
@@ -234,7 +289,7 @@ TEST_CASE("a server that dies between probes is reported unhealthy without waiti
   CHECK(lost.outcome.error_kind == "connect");
   CHECK(lost.outcome.error.find("refused a new one") != std::string::npos);
   // The next tick's probe fails the same way, as a probe.
-  REQUIRE(driver->probe_scheduled(2000ms, 4, 0.0));
+  REQUIRE(driver->probe_scheduled({2000ms, 4, 0.0}));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 3; }, 10s));
   auto probed = collected.all()[2];
   CHECK_FALSE(probed.outcome.between_probes);
@@ -253,13 +308,13 @@ TEST_CASE("a server that closes idle connections but still listens gets no repor
   report_collector collected;
   mg::probe_runtime runtime{collected.sink()};
   auto driver = runtime.make_driver(target_for("idle", server.url()));
-  REQUIRE(driver->probe_scheduled(2000ms, 1, 0.0));
+  REQUIRE(driver->probe_scheduled({2000ms, 1, 0.0}));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
   // Reconnected and watching the new connection: the first one was closed
   // before the server could accept the second.
   REQUIRE(mg::test::wait_until(
     [&] { return server.accepted() >= 2 && watched_connections() == 1; }, 10s));
-  REQUIRE(driver->probe_scheduled(2000ms, 1, 0.0));
+  REQUIRE(driver->probe_scheduled({2000ms, 1, 0.0}));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
   REQUIRE(mg::test::wait_until(
     [&] { return server.accepted() >= 3 && watched_connections() == 1; }, 10s));
@@ -284,7 +339,7 @@ TEST_CASE("an abandoned driver closes its kept connection and never reconnects",
   REQUIRE(mg::test::wait_until([&] { return p.server->closed_by_client() >= 1; }, 10s));
   CHECK(mg::test::wait_until([&] { return watched_connections() == 0; }, 10s));
   auto witness = p.runtime.make_driver(target_for("witness", p.server->url()));
-  REQUIRE(witness->probe_scheduled(2000ms, 1, 0.0));
+  REQUIRE(witness->probe_scheduled({2000ms, 1, 0.0}));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
   p.server.reset();
   // The witness, still probing, reports the death; the abandoned one nothing.
@@ -309,7 +364,7 @@ TEST_CASE("a reconnect reset by a dying server's listener is made again and then
   report_collector collected;
   mg::probe_runtime runtime{collected.sink()};
   auto driver = runtime.make_driver(target_for("dying", "http://127.0.0.1:" + std::to_string(port)));
-  REQUIRE(driver->probe_scheduled(2000ms, 9, 0.0));
+  REQUIRE(driver->probe_scheduled({2000ms, 9, 0.0}));
   REQUIRE(readable(listener));
   int kept = ::accept(listener, nullptr, nullptr);
   REQUIRE(kept >= 0);
