@@ -17,7 +17,6 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <random>
 
 #include "protocol/probe.hpp"
 #include "protocol/registry_interface.hpp" // prober_actor
@@ -47,9 +46,11 @@ struct prober_options {
   uint64_t seed = 0; // 0: from std::random_device
 };
 
+// The state stays small: a tick reads it and the actor's header, once an
+// interval each, from memory gone cold since the last tick (with thousands
+// of probers, the first touch of each is most of a tick's cost).
 struct prober_state {
   prober_options options;
-  std::mt19937_64 rng;
   uint64_t tick_number = 0;  // the schedule this prober follows
   int64_t next_due_ms = 0;   // on the tick grid
   uint64_t probes_started = 0;
