@@ -9,7 +9,9 @@ Run by hand, as root (it installs haproxy if missing):
 Reports per scenario: probes/s achieved vs expected, CPU microseconds per
 probe (utime+stime from /proc/PID/stat), p99 lateness of probes against their
 schedule (from /v1/health-checker), RSS, and the time from a server's death
-(refuse, SIGKILL, hang) to `unhealthy`.
+(refuse, SIGKILL, hang) to `unhealthy`. Before and after, the machine's cost
+of touching memory idle for a second (build/bin/cold_touch): the host's
+share in CPU per probe, which varies hour to hour (docs/benchmarks.md).
 
 File descriptors: each process here is limited to the hard RLIMIT_NOFILE of
 this machine (20,000 on the CI/dev machines, and it cannot be raised without
@@ -286,6 +288,14 @@ def run_haproxy(n, seconds, workdir):
             "cpu_us_per_check": (cpu1 - cpu0) * 1e6 / max(checks, 1), "rss_mib": rss}
 
 
+def cold_touch():
+    """build/bin/cold_touch's line (1,000 pages touched once a second, 6 s)."""
+    tool = os.path.join(BIN, "cold_touch")
+    if not os.path.exists(tool):
+        return "cold_touch not built"
+    return subprocess.run([tool, "1000", "1000", "6"], capture_output=True, text=True).stdout.strip()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1000,5000,10000")
@@ -301,6 +311,8 @@ def main():
         subprocess.run(["systemctl", "stop", "haproxy"], stderr=subprocess.DEVNULL)
     hard = raise_fd_limit()
     print(f"nproc: {os.cpu_count()}  RLIMIT_NOFILE raised to {hard} for the processes started here")
+    touch_before = cold_touch()
+    print(f"cold touch before: {touch_before}", flush=True)
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="probe-scale-") as workdir:
         rows = []
@@ -316,6 +328,8 @@ def main():
                 ha.append(run_haproxy(n, args.seconds, workdir))
                 print(json.dumps(ha[-1]), flush=True)
     print()
+    print(f"cold touch before: {touch_before}")
+    print(f"cold touch after:  {cold_touch()}")
     print(f"Death -> unhealthy, the worst of {args.deaths}: seen by a GET every ms "
           "(found by modelgated, from last_check_at).")
     print("| servers | hanging | probes/s (expected) | CPU µs/probe | HAProxy CPU µs/check | ratio | p99 lateness ms | RSS MiB | refused->unhealthy s | killed->unhealthy s | hang->unhealthy s | GET p99 ms |")
