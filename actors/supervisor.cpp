@@ -25,10 +25,19 @@ struct pending_check {
   std::shared_ptr<probe_driver> driver; // alive until the probe is done
 };
 
+/// What the supervisor keeps of an active server: what its prober needs.
+/// Not the whole record: these sit in memory beside the probers and their
+/// clients, which are touched every interval, and every byte of them there
+/// spreads that memory over more pages (see prober.hpp).
+struct probed_server {
+  probe_target target;
+  uint64_t generation = 0;
+};
+
 struct supervisor_state {
   supervisor_options options;
   bool running = true;
-  std::unordered_map<std::string, server_record> servers; // active ones
+  std::unordered_map<std::string, probed_server> servers; // active ones
   // Shared with the termination functor, which stops the probers when the
   // supervisor itself goes away.
   std::shared_ptr<prober_map> probers = std::make_shared<prober_map>();
@@ -48,16 +57,17 @@ probe_target target_of(const server_record& rec) {
   return probe_target{rec.id, rec.url, rec.health_path, rec.expect, rec.api_key};
 }
 
-bool same_target(const server_record& a, const server_record& b) {
-  return a.url == b.url && a.health_path == b.health_path && a.expect == b.expect
-         && a.api_key == b.api_key && a.generation == b.generation;
+bool same_target(const probed_server& a, const server_record& b) {
+  return a.target.url == b.url && a.target.health_path == b.health_path
+         && a.target.expect == b.expect && a.target.api_key == b.api_key
+         && a.generation == b.generation;
 }
 
-void spawn_prober(supervisor_self self, const server_record& rec) {
+void spawn_prober(supervisor_self self, const probed_server& server) {
   auto& st = self->state;
   prober_options po;
-  po.target = target_of(rec);
-  po.generation = rec.generation;
+  po.target = server.target;
+  po.generation = server.generation;
   po.interval = seconds_to_ms(st.options.health.interval_seconds);
   po.timeout = seconds_to_ms(st.options.health.timeout_seconds);
   po.driver = st.options.make_driver(po.target);
@@ -65,8 +75,8 @@ void spawn_prober(supervisor_self self, const server_record& rec) {
   po.schedule = st.options.schedule;
   po.seed = st.options.seed != 0 ? st.options.seed + (++st.seed_counter) : 0;
   auto prober = self->spawn<caf::monitored>(prober_impl, std::move(po));
-  (*st.probers)[rec.id] = prober;
-  st.prober_ids[prober.address()] = rec.id;
+  (*st.probers)[server.target.server_id] = prober;
+  st.prober_ids[prober.address()] = server.target.server_id;
 }
 
 void stop_prober(supervisor_self self, const std::string& id) {
@@ -107,12 +117,13 @@ void on_changed(supervisor_self self, const server_record& rec) {
   }
   auto it = st.servers.find(rec.id);
   bool replace = it == st.servers.end() || !same_target(it->second, rec);
-  st.servers[rec.id] = rec;
+  if (replace)
+    it = st.servers.insert_or_assign(rec.id, probed_server{target_of(rec), rec.generation}).first;
   if (!st.running)
     return;
   if (replace || st.probers->count(rec.id) == 0) {
     stop_prober(self, rec.id);
-    spawn_prober(self, rec);
+    spawn_prober(self, it->second);
   }
 }
 
@@ -171,7 +182,7 @@ supervisor_actor::behavior_type supervisor_impl(supervisor_self self, supervisor
     if (server == st.servers.end() || !st.running)
       return deliver_shutdown_if_done(self);
     log(log_level::warning, "prober died; respawning",
-        {{"server_id", id}, {"url", server->second.url}, {"reason", to_string(dm.reason)}});
+        {{"server_id", id}, {"url", server->second.target.url}, {"reason", to_string(dm.reason)}});
     spawn_prober(self, server->second);
   });
   auto& st = self->state;
