@@ -13,7 +13,7 @@ daemon was woken, a second, and by whom.
 
 Run by hand, as root (perf is Debian's linux-perf):
     python3 tools/bench/probe_threads.py [--servers 10000] [--seconds 20]
-        [--warm 5] [--wakeups]
+        [--warm 5] [--wakeups] [--binary OTHER/modelgated]
 Only 127.0.0.1 is used.
 """
 import argparse
@@ -82,11 +82,12 @@ def main():
     ap.add_argument("--warm", type=float, default=5,
                     help="seconds after the registrations before the window")
     ap.add_argument("--wakeups", action="store_true")
+    ap.add_argument("--binary", help="the modelgated to run (build/bin/modelgated)")
     args = ap.parse_args()
     ps.raise_fd_limit()
     work = tempfile.mkdtemp(prefix="probe-threads-")
     mocks = ps.start_mocks(args.servers)
-    daemon = ps.Daemon(work)
+    daemon = ps.Daemon(work, args.binary)
     daemon.register_all(mocks)
     time.sleep(args.warm)  # every prober past its first, randomly placed tick
     print(f"nproc: {os.cpu_count()}  servers: {args.servers}  window: {args.seconds} s  "
