@@ -145,9 +145,11 @@ struct probe_runtime::impl {
 
   // Probes in flight, earliest deadline first, in a list threaded through
   // the clients themselves: a probe joins at its start and leaves when it
-  // finishes, in O(1) and without allocating. All probes of a daemon share
-  // one timeout, so start order is deadline order and a new probe goes to
-  // the end; the insertion still walks back past later deadlines.
+  // finishes, without allocating. All probes of a daemon share one
+  // timeout, so a new probe's deadline is nearly the latest: at most a
+  // tenth of the timeout earlier when it keeps to the schedule (see
+  // scheduled_probe::interval), so the insertion, walking back from the
+  // end, passes only probes started within that tenth.
   probe_client* earliest = nullptr;
   probe_client* latest = nullptr;
   timer_type sweeper{ioc.get_executor()};
@@ -195,8 +197,9 @@ struct probe_runtime::impl {
   //  - the collect wait adapts: it grows while answers still arrive in its
   //    last quarter and shrinks while they all come early (a server that
   //    hangs never counts), between `min_collect` and `max_collect`;
-  //  - the collect wait ends at the earliest deadline, and a deadline due
-  //    is swept at the end of the pass, so no probe times out late.
+  //  - deadlines due during the collect wait are swept on time, and those
+  //    due during the send or read pass right after it, so a probe times
+  //    out late by a pass's sending or reading at most (see collect).
   // The drain blocks the I/O thread for those few milliseconds: on-demand
   // probes wait at most that long. Response times are not
   // stretched by the wait: they come from the kernel's receive timestamps.
@@ -319,8 +322,8 @@ public:
     // On the schedule, this probe ends one interval plus the timeout after
     // the last one started (see scheduled_probe::interval). A server that
     // answered that one and hangs from then on is found within one interval
-    // plus the timeout of its last answer, even when this probe starts a
-    // few milliseconds later in its slot than the last one did.
+    // plus the timeout after that start, even when this probe starts a few
+    // milliseconds later in its slot than the last one did.
     std::optional<clock_type::time_point> on_schedule;
     if (probe.interval.count() > 0 && last_scheduled_start_
         && now - *last_scheduled_start_ < probe.interval + probe.interval / 2)
@@ -333,6 +336,10 @@ public:
   /// when that finished the probe, when its last bytes arrived.
   std::optional<std::chrono::system_clock::time_point> read_collected() {
     auto self = shared_from_this(); // finishing may release the runtime's hold
+    if (timed_out_) { // swept during the collect wait (a timeout shorter than it)
+      finish_timeout();
+      return std::nullopt;
+    }
     try_read();
     if (!finished_)
       return std::nullopt;
@@ -951,16 +958,21 @@ void probe_runtime::impl::drain() {
 
 void probe_runtime::impl::collect() {
   auto waited_from = std::chrono::system_clock::now(); // the receive timestamps' clock
-  auto window = collect_window;
-  if (earliest != nullptr) { // never past a deadline (see sweep_if_due)
-    auto until_due = std::chrono::duration_cast<std::chrono::microseconds>(
-      round_down(earliest->deadline.at, sweep_step) - clock_type::now());
-    window = std::clamp(until_due, std::chrono::microseconds(0), collect_window);
+  // Deadlines due during the wait are swept on time, not after it. Those of
+  // hanging servers fall right in it: timeouts are whole 50 ms slots, so a
+  // probe sent in one slot's drain expires during a later slot's.
+  auto wake = clock_type::now() + collect_window;
+  while (earliest != nullptr) {
+    auto due = round_down(earliest->deadline.at, sweep_step);
+    if (due >= wake)
+      break;
+    std::this_thread::sleep_until(due);
+    sweep(); // takes at least the earliest off the list
   }
-  std::this_thread::sleep_for(window);
+  std::this_thread::sleep_until(wake);
   auto reading = std::move(collecting);
   collecting.clear();
-  auto late_from = waited_from + window * 3 / 4;
+  auto late_from = waited_from + collect_window * 3 / 4;
   size_t answered = 0, late = 0;
   for (auto* client : reading) {
     if (auto arrival = client->read_collected()) {
@@ -969,7 +981,7 @@ void probe_runtime::impl::collect() {
         ++late;
     }
   }
-  if (answered >= 8 && window == collect_window) { // too few, or cut short: say nothing
+  if (answered >= 8) { // too few say nothing
     if (late * 10 >= answered)
       collect_window = std::min<std::chrono::microseconds>(collect_window * 3 / 2, max_collect);
     else if (late * 50 < answered)

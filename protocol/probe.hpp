@@ -71,7 +71,8 @@ struct scheduled_probe {
   /// later than one interval plus the timeout after that one's start, and
   /// never less than nine tenths of the timeout after its own: a server that
   /// stops answering right after a probe is then found within one interval
-  /// plus the timeout, however late this probe starts.
+  /// plus the timeout, when this probe starts late in its slot by up to a
+  /// tenth of the timeout.
   std::chrono::milliseconds interval{0};
 };
 

@@ -29,6 +29,10 @@ int main(int argc, char** argv) {
   long gap_ms = argc > 2 ? std::atol(argv[2]) : 1000;
   long seconds = argc > 3 ? std::atol(argv[3]) : 6;
   bool write = argc > 4 && std::strcmp(argv[4], "write") == 0;
+  if (pages < 1 || gap_ms < 0 || seconds < 1) {
+    std::fprintf(stderr, "usage: cold_touch [pages >= 1] [gap-ms >= 0] [seconds >= 1] [read|write]\n");
+    return 2;
+  }
   constexpr size_t page = 4096;
   auto* mem = static_cast<volatile uint64_t*>(mmap(nullptr, pages * page, PROT_READ | PROT_WRITE,
                                                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
