@@ -419,6 +419,15 @@ public:
     if (finished_)
       return;
     timed_out_ = true;
+    if (awaiting_answer_) {
+      // The usual case, a server that does not answer: report now, at the
+      // deadline. The wait's handler, run later (after the drain, when the
+      // sweep ran in one), must not: it is stale from here on.
+      awaiting_answer_ = false;
+      ++answer_wait_;
+      close_socket();
+      return finish_timeout();
+    }
     // Every pending operation completes with operation_aborted; its handler
     // reports the timeout for the step it was in.
     resolver_.cancel();
@@ -614,7 +623,12 @@ private:
   // an epoll_ctl instead, so it is only for answers that are not there when
   // the drain reads.)
   void wait_readable() {
-    socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+    awaiting_answer_ = true;
+    auto wait = ++answer_wait_;
+    socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this(), wait](beast::error_code ec) {
+      if (wait != self->answer_wait_)
+        return; // the probe was ended meanwhile (expire)
+      self->awaiting_answer_ = false;
       if (self->timed_out_)
         return self->finish_timeout();
       if (ec)
@@ -820,6 +834,10 @@ private:
   static constexpr int max_reconnects = 3;
   bool hangup_pending_ = false;
   bool reused_ = false;
+  // A readiness wait for the answer is pending; its handler acts only if
+  // answer_wait_ still has the number it was started with.
+  bool awaiting_answer_ = false;
+  uint64_t answer_wait_ = 0;
   bool timed_out_ = false;
   bool finished_ = true;
 };
@@ -968,6 +986,8 @@ void probe_runtime::impl::collect() {
       break;
     std::this_thread::sleep_until(due);
     sweep(); // takes at least the earliest off the list
+    if (news_waiting)
+      flush(); // the timeouts just reported, not after the whole pass
   }
   std::this_thread::sleep_until(wake);
   auto reading = std::move(collecting);
