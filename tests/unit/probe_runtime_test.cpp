@@ -219,29 +219,38 @@ TEST_CASE("an answer slower than the drain's collect wait is still read and time
 
 namespace {
 
-/// The response time of a probe that times out (its server answered the
-/// last probe and hangs from then on), scheduled `gap` after that last one
-/// with `interval` and `timeout`. The gap is the scenario (a probe that
-/// starts late), so the test thread sleeps it out.
-double hang_timeout_after(std::chrono::milliseconds interval, std::chrono::milliseconds timeout,
-                          std::chrono::milliseconds gap) {
+/// A server that answers its first probe and never another, and a runtime
+/// whose one driver probes it on a kept connection.
+struct answers_once {
   std::atomic<int> requests{0};
-  mg_test::scripted_server server{[&](int fd) {
+  mg_test::scripted_server server{[this](int fd) {
     if (++requests == 1)
       mg_test::write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
     return true; // later requests: never answered
   }};
   report_collector collected;
   mg::probe_runtime runtime{collected.sink()};
-  auto driver = runtime.make_driver(target_for("hangs", server.url()));
+  std::shared_ptr<mg::probe_driver> driver = runtime.make_driver(target_for("hangs", server.url()));
+
+  /// Runs `probe` and waits for its report, the `n`th.
+  mg::probe_outcome run(const mg::scheduled_probe& probe, size_t n) {
+    REQUIRE(driver->probe_scheduled(probe));
+    REQUIRE(mg::test::wait_until([&] { return collected.size() >= n; }, 10s));
+    return collected.all()[n - 1].outcome;
+  }
+};
+
+/// The response time of a probe that times out (its server answered the
+/// last probe and hangs from then on), scheduled `gap` after that last one
+/// with `interval` and `timeout`. The gap is the scenario (a probe that
+/// starts late), so the test thread sleeps it out.
+double hang_timeout_after(std::chrono::milliseconds interval, std::chrono::milliseconds timeout,
+                          std::chrono::milliseconds gap) {
+  answers_once s;
   auto first = std::chrono::steady_clock::now();
-  REQUIRE(driver->probe_scheduled({timeout, 1, 0.0, interval}));
-  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
-  REQUIRE(collected.all()[0].outcome.healthy);
+  REQUIRE(s.run({timeout, 1, 0.0, interval}, 1).healthy);
   std::this_thread::sleep_until(first + gap);
-  REQUIRE(driver->probe_scheduled({timeout, 1, 0.0, interval}));
-  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
-  auto timed_out = collected.all()[1].outcome;
+  auto timed_out = s.run({timeout, 1, 0.0, interval}, 2);
   CHECK(timed_out.error_kind == "timeout");
   REQUIRE(timed_out.response_time_ms);
   return *timed_out.response_time_ms;
@@ -275,23 +284,12 @@ TEST_CASE("a probe that does not follow the last one by about an interval gets i
 
 TEST_CASE("a probe whose timeout ends during the drain's collect wait reports a timeout and no reconnect",
           "[probe_runtime]") {
-  std::atomic<int> requests{0};
-  mg_test::scripted_server server{[&](int fd) {
-    if (++requests == 1)
-      mg_test::write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
-    return true; // later requests: never answered
-  }};
-  report_collector collected;
-  mg::probe_runtime runtime{collected.sink()};
-  auto driver = runtime.make_driver(target_for("brief", server.url()));
-  REQUIRE(driver->probe_scheduled({2000ms, 1, 0.0}));
-  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
+  answers_once s;
+  REQUIRE(s.run({2000ms, 1, 0.0}, 1).healthy);
   // On the kept connection the request goes out in a drain's send pass;
   // 1 ms is shorter than its collect wait, so the sweep in that wait ends it.
-  REQUIRE(driver->probe_scheduled({1ms, 1, 0.0}));
-  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
-  CHECK(collected.all()[1].outcome.error_kind == "timeout");
-  CHECK(server.accepted() == 1); // an expired probe never connects again
+  CHECK(s.run({1ms, 1, 0.0}, 2).error_kind == "timeout");
+  CHECK(s.server.accepted() == 1); // an expired probe never connects again
 }
 
 TEST_CASE("a server that dies between probes is reported unhealthy without waiting for a probe",
