@@ -213,6 +213,9 @@ struct probe_runtime::impl {
   std::atomic<bool> draining{false};
   bool in_batch = false;                   // I/O thread: a drain's send or read pass runs
   std::vector<probe_client*> collecting;   // I/O thread: sent in this pass, to read after it
+  // I/O thread: the earliest deadline among `collecting`; the collect wait
+  // ends before it, so the sweep in the wait never ends a probe it reads.
+  clock_type::time_point collecting_due = clock_type::time_point::max();
   int drain_fd = -1;                       // eventfd: written by hand_over, read by the I/O thread
   std::optional<asio::posix::basic_stream_descriptor<executor_type>> drain_signal;
 
@@ -336,7 +339,7 @@ public:
   /// when that finished the probe, when its last bytes arrived.
   std::optional<std::chrono::system_clock::time_point> read_collected() {
     auto self = shared_from_this(); // finishing may release the runtime's hold
-    if (timed_out_) { // swept during the collect wait (a timeout shorter than it)
+    if (timed_out_) { // not expected: the collect wait ends before its deadline
       finish_timeout();
       return std::nullopt;
     }
@@ -612,10 +615,12 @@ private:
     received_ = 0;
     parser_.emplace(body_);
     parser_->eager(true);
-    if (rt_.in_batch)
+    if (rt_.in_batch) {
       rt_.collecting.push_back(this); // read after the drain's collect wait
-    else
+      rt_.collecting_due = std::min(rt_.collecting_due, deadline.at);
+    } else {
       wait_readable();
+    }
   }
 
   // A readiness wait, not async_read_some: asio's read first tries a recv
@@ -979,7 +984,9 @@ void probe_runtime::impl::collect() {
   // Deadlines due during the wait are swept on time, not after it. Those of
   // hanging servers fall right in it: timeouts are whole 50 ms slots, so a
   // probe sent in one slot's drain expires during a later slot's.
-  auto wake = clock_type::now() + collect_window;
+  // A probe of this pass whose timeout is shorter than the wait (a few
+  // milliseconds) ends it early instead: it is read before its deadline.
+  auto wake = std::min(clock_type::now() + collect_window, collecting_due - sweep_step);
   while (earliest != nullptr) {
     auto due = round_down(earliest->deadline.at, sweep_step);
     if (due >= wake)
@@ -992,7 +999,9 @@ void probe_runtime::impl::collect() {
   std::this_thread::sleep_until(wake);
   auto reading = std::move(collecting);
   collecting.clear();
-  auto late_from = waited_from + collect_window * 3 / 4;
+  collecting_due = clock_type::time_point::max();
+  // Late: in the last quarter of the wait as it went (sweeps may stretch it).
+  auto late_from = waited_from + (std::chrono::system_clock::now() - waited_from) * 3 / 4;
   size_t answered = 0, late = 0;
   for (auto* client : reading) {
     if (auto arrival = client->read_collected()) {

@@ -282,12 +282,12 @@ TEST_CASE("a probe that does not follow the last one by about an interval gets i
   CHECK(waited >= 498.9);
 }
 
-TEST_CASE("a probe whose timeout ends during the drain's collect wait reports a timeout and no reconnect",
+TEST_CASE("a probe whose timeout is shorter than the drain's collect wait reports a timeout and no reconnect",
           "[probe_runtime]") {
   answers_once s;
   REQUIRE(s.run({2000ms, 1, 0.0}, 1).healthy);
   // On the kept connection the request goes out in a drain's send pass;
-  // 1 ms is shorter than its collect wait, so the sweep in that wait ends it.
+  // 1 ms is shorter than its collect wait, which ends before the deadline.
   CHECK(s.run({1ms, 1, 0.0}, 2).error_kind == "timeout");
   CHECK(s.server.accepted() == 1); // an expired probe never connects again
 }
