@@ -203,7 +203,7 @@ struct probe_runtime::impl {
   // The drain blocks the I/O thread for those few milliseconds: on-demand
   // probes wait at most that long. Response times are not
   // stretched by the wait: they come from the kernel's receive timestamps.
-  static constexpr auto min_collect = std::chrono::microseconds(500);
+  std::chrono::microseconds min_collect{500}; // set once, by the constructor
   // Up to 20 ms: the mock servers of tools/bench answer a 50 ms slot's 500
   // probes one after another, over about 10 ms. Servers that answer in
   // parallel keep the wait near its minimum.
@@ -421,16 +421,23 @@ public:
       return end_reconnect(); // the next probe tells what happened
     if (finished_)
       return;
-    timed_out_ = true;
     if (awaiting_answer_) {
       // The usual case, a server that does not answer: report now, at the
       // deadline. The wait's handler, run later (after the drain, when the
       // sweep ran in one), must not: it is stale from here on.
       awaiting_answer_ = false;
       ++answer_wait_;
+      // Unless the answer is here, having come in time while this thread
+      // was busy (a drain's wait): it counts, as it would had its handler
+      // run first.
+      beast::error_code ignored;
+      if (read_available(ignored) == read_state::complete && arrived_by(deadline.at))
+        return on_response();
+      timed_out_ = true;
       close_socket();
       return finish_timeout();
     }
+    timed_out_ = true;
     // Every pending operation completes with operation_aborted; its handler
     // reports the timeout for the step it was in.
     resolver_.cancel();
@@ -645,6 +652,19 @@ private:
   /// Reads what has arrived, without blocking, and parses it; waits for
   /// readiness when the answer is not complete yet.
   void try_read() {
+    beast::error_code failure;
+    switch (read_available(failure)) {
+    case read_state::complete: return on_response();
+    case read_state::need_more: return wait_readable();
+    case read_state::failed: return read_failed(failure);
+    }
+  }
+
+  enum class read_state { complete, need_more, failed };
+
+  /// Reads what has arrived, without waiting, and parses it: whether the
+  /// response is complete, needs more, or failed (`failure` says how).
+  read_state read_available(beast::error_code& failure) {
     for (;;) {
       auto space = buffer_.prepare(read_chunk);
       iovec iov{space.data(), space.size()};
@@ -659,8 +679,9 @@ private:
         if (errno == EINTR)
           continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
-          return wait_readable();
-        return read_failed(beast::error_code(errno, boost::system::system_category()));
+          return read_state::need_more;
+        failure = beast::error_code(errno, boost::system::system_category());
+        return read_state::failed;
       }
       note_arrival(msg);
       beast::error_code ec;
@@ -668,9 +689,10 @@ private:
         if (parser_->got_some() && parser_->need_eof()) {
           parser_->put_eof(ec); // a body delimited by the connection's end
           if (!ec)
-            return on_response();
+            return read_state::complete;
         }
-        return read_failed(asio::error::eof);
+        failure = asio::error::eof;
+        return read_state::failed;
       }
       buffer_.commit(static_cast<size_t>(n));
       received_ += static_cast<size_t>(n);
@@ -679,15 +701,27 @@ private:
         buffer_.consume(used);
         if (ec == http::error::need_more)
           break;
-        if (ec)
-          return read_failed(ec);
+        if (ec) {
+          failure = ec;
+          return read_state::failed;
+        }
       }
       if (parser_->is_done())
-        return on_response();
+        return read_state::complete;
       // A short read emptied the receive queue: the rest is not there yet.
       if (static_cast<size_t>(n) < space.size())
-        return wait_readable();
+        return read_state::need_more;
     }
+  }
+
+  /// Whether the answer's last bytes arrived by `at` (the kernel's receive
+  /// timestamp, on the wall clock the probe started on).
+  bool arrived_by(clock_type::time_point at) const {
+    if (!arrival_)
+      return false;
+    auto at_wall = started_wall_ + std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                                       at - started_);
+    return *arrival_ <= at_wall;
   }
 
   /// Remembers when the data just read arrived (SO_TIMESTAMPNS).
@@ -1012,7 +1046,8 @@ void probe_runtime::impl::collect() {
   }
   if (answered >= 8) { // too few say nothing
     if (late * 10 >= answered)
-      collect_window = std::min<std::chrono::microseconds>(collect_window * 3 / 2, max_collect);
+      collect_window = std::min<std::chrono::microseconds>(collect_window * 3 / 2,
+                                                           std::max(max_collect, min_collect));
     else if (late * 50 < answered)
       collect_window = std::max<std::chrono::microseconds>(collect_window * 9 / 10, min_collect);
   }
@@ -1164,8 +1199,11 @@ void probe_runtime::impl::flush() {
   }
 }
 
-probe_runtime::probe_runtime(probe_report_sink reports) : impl_(std::make_unique<impl>()) {
+probe_runtime::probe_runtime(probe_report_sink reports, std::chrono::microseconds shortest_collect_wait)
+  : impl_(std::make_unique<impl>()) {
   impl_->report_sink = std::move(reports);
+  impl_->min_collect = shortest_collect_wait;
+  impl_->collect_window = std::max(impl_->collect_window, shortest_collect_wait);
   impl_->drain_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (impl_->drain_fd < 0)
     throw std::system_error(errno, std::system_category(), "eventfd for the probe runtime");

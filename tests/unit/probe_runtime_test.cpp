@@ -292,6 +292,39 @@ TEST_CASE("a probe whose timeout is shorter than the drain's collect wait report
   CHECK(s.server.accepted() == 1); // an expired probe never connects again
 }
 
+TEST_CASE("an answer that came in time while a drain held the I/O thread counts though the deadline passed",
+          "[probe_runtime]") {
+  // A's server answers after 150 ms, A's timeout is 300 ms. B's probe, sent
+  // 100 ms after A's, holds the I/O thread in a 400 ms collect wait (the
+  // runtime's shortest, set for this test) across A's answer and deadline.
+  mg_test::scripted_server slow{[](int fd) {
+    std::this_thread::sleep_for(150ms);
+    mg_test::write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    return true;
+  }};
+  mg_test::scripted_server fast{healthy_answer()};
+  report_collector collected;
+  mg::probe_runtime runtime{collected.sink(), 400ms};
+  auto a = runtime.make_driver(target_for("a", slow.url()));
+  auto b = runtime.make_driver(target_for("b", fast.url()));
+  REQUIRE(b->probe_scheduled({2000ms, 1, 0.0})); // connects: B's next probe goes in a drain
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
+  auto a_sent = std::chrono::steady_clock::now();
+  REQUIRE(a->probe_scheduled({300ms, 1, 0.0})); // connects, sends, waits for the answer
+  std::this_thread::sleep_until(a_sent + 100ms);
+  REQUIRE(b->probe_scheduled({2000ms, 1, 0.0}));
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 3; }, 10s));
+  for (const auto& r : collected.all()) {
+    INFO(r.server_id << ": " << r.outcome.error);
+    CHECK(r.outcome.healthy);
+    if (r.server_id == "a") {
+      REQUIRE(r.outcome.response_time_ms);
+      CHECK(*r.outcome.response_time_ms >= 149.0);
+      CHECK(*r.outcome.response_time_ms < 300.0);
+    }
+  }
+}
+
 TEST_CASE("a server that dies between probes is reported unhealthy without waiting for a probe",
           "[probe_runtime]") {
   // Its kept connection closes; the reconnect is refused: one report, a
