@@ -212,7 +212,9 @@ struct probe_runtime::impl {
   std::atomic<probe_client*> start_stack{nullptr}; // pushed by probers, taken by the drain
   std::atomic<bool> draining{false};
   bool in_batch = false;                   // I/O thread: a drain's send or read pass runs
-  std::vector<probe_client*> collecting;   // I/O thread: sent in this pass, to read after it
+  // I/O thread: sent in this pass, to read after it; held, since a sweep in
+  // the wait may end one and let go of its last other owner.
+  std::vector<std::shared_ptr<probe_client>> collecting;
   // I/O thread: the earliest deadline among `collecting`; the collect wait
   // ends before it, so the sweep in the wait never ends a probe it reads.
   clock_type::time_point collecting_due = clock_type::time_point::max();
@@ -339,10 +341,8 @@ public:
   /// when that finished the probe, when its last bytes arrived.
   std::optional<std::chrono::system_clock::time_point> read_collected() {
     auto self = shared_from_this(); // finishing may release the runtime's hold
-    if (timed_out_) { // not expected: the collect wait ends before its deadline
-      finish_timeout();
+    if (finished_) // by a sweep in the wait (which ends before its deadline, but may oversleep)
       return std::nullopt;
-    }
     try_read();
     if (!finished_)
       return std::nullopt;
@@ -353,7 +353,7 @@ public:
     abandoned_.store(true, std::memory_order_release);
     asio::post(rt_.ioc, [self = shared_from_this()] {
       if (self->scheduled_)
-        self->expire(); // ends as a timeout, unreported
+        self->expire(); // ends it (as a timeout, or with an answer already in), unreported
       else
         self->cancel_reconnect();
       if (self->finished_) // an on-demand probe in flight keeps its connection
@@ -421,12 +421,15 @@ public:
       return end_reconnect(); // the next probe tells what happened
     if (finished_)
       return;
-    if (awaiting_answer_) {
+    if (step_ == step::read && parser_) {
       // The usual case, a server that does not answer: report now, at the
-      // deadline. The wait's handler, run later (after the drain, when the
-      // sweep ran in one), must not: it is stale from here on.
-      awaiting_answer_ = false;
-      ++answer_wait_;
+      // deadline. The wait's handler, if one is pending, run later (after
+      // the drain, when the sweep ran in one), must not: it is stale from
+      // here on. A probe still in the drain's collect list is read here too.
+      if (awaiting_answer_) {
+        awaiting_answer_ = false;
+        ++answer_wait_;
+      }
       // Unless the answer is here, having come in time while this thread
       // was busy (a drain's wait): it counts, as it would had its handler
       // run first.
@@ -623,7 +626,7 @@ private:
     parser_.emplace(body_);
     parser_->eager(true);
     if (rt_.in_batch) {
-      rt_.collecting.push_back(this); // read after the drain's collect wait
+      rt_.collecting.push_back(shared_from_this()); // read after the drain's collect wait
       rt_.collecting_due = std::min(rt_.collecting_due, deadline.at);
     } else {
       wait_readable();
@@ -1037,7 +1040,7 @@ void probe_runtime::impl::collect() {
   // Late: in the last quarter of the wait as it went (sweeps may stretch it).
   auto late_from = waited_from + (std::chrono::system_clock::now() - waited_from) * 3 / 4;
   size_t answered = 0, late = 0;
-  for (auto* client : reading) {
+  for (const auto& client : reading) {
     if (auto arrival = client->read_collected()) {
       ++answered;
       if (*arrival >= late_from)
@@ -1202,8 +1205,8 @@ void probe_runtime::impl::flush() {
 probe_runtime::probe_runtime(probe_report_sink reports, std::chrono::microseconds shortest_collect_wait)
   : impl_(std::make_unique<impl>()) {
   impl_->report_sink = std::move(reports);
-  impl_->min_collect = shortest_collect_wait;
-  impl_->collect_window = std::max(impl_->collect_window, shortest_collect_wait);
+  impl_->min_collect = std::max(shortest_collect_wait, std::chrono::microseconds(100)); // it grows by half
+  impl_->collect_window = std::max(impl_->collect_window, impl_->min_collect);
   impl_->drain_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (impl_->drain_fd < 0)
     throw std::system_error(errno, std::system_category(), "eventfd for the probe runtime");

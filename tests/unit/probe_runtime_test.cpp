@@ -314,6 +314,9 @@ TEST_CASE("an answer that came in time while a drain held the I/O thread counts 
   std::this_thread::sleep_until(a_sent + 100ms);
   REQUIRE(b->probe_scheduled({2000ms, 1, 0.0}));
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 3; }, 10s));
+  // B's report came after its 400 ms wait: the thread was held through A's
+  // answer and deadline, so the sweep, not A's wait, found the answer.
+  CHECK(std::chrono::steady_clock::now() - a_sent >= 450ms);
   for (const auto& r : collected.all()) {
     INFO(r.server_id << ": " << r.outcome.error);
     CHECK(r.outcome.healthy);
