@@ -252,7 +252,6 @@ struct probe_runtime::impl {
   std::shared_ptr<probe_client> remove_deadline(probe_client& client);
   void arm_sweeper();
   void sweep();
-  void sweep_if_due();
   void hand_on(probe_callback done, probe_outcome out);
   void hand_on(probe_report report, bool news);
   void post_urgent_flush();
@@ -426,10 +425,7 @@ public:
       // deadline. The wait's handler, if one is pending, run later (after
       // the drain, when the sweep ran in one), must not: it is stale from
       // here on. A probe still in the drain's collect list is read here too.
-      if (awaiting_answer_) {
-        awaiting_answer_ = false;
-        ++answer_wait_;
-      }
+      ++answer_wait_;
       // Unless the answer is here, having come in time while this thread
       // was busy (a drain's wait): it counts, as it would had its handler
       // run first.
@@ -638,12 +634,10 @@ private:
   // an epoll_ctl instead, so it is only for answers that are not there when
   // the drain reads.)
   void wait_readable() {
-    awaiting_answer_ = true;
     auto wait = ++answer_wait_;
     socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this(), wait](beast::error_code ec) {
       if (wait != self->answer_wait_)
         return; // the probe was ended meanwhile (expire)
-      self->awaiting_answer_ = false;
       if (self->timed_out_)
         return self->finish_timeout();
       if (ec)
@@ -876,9 +870,8 @@ private:
   static constexpr int max_reconnects = 3;
   bool hangup_pending_ = false;
   bool reused_ = false;
-  // A readiness wait for the answer is pending; its handler acts only if
-  // answer_wait_ still has the number it was started with.
-  bool awaiting_answer_ = false;
+  // Numbers the readiness waits for an answer: a wait's handler acts only
+  // if this still has the number it was started with.
   uint64_t answer_wait_ = 0;
   bool timed_out_ = false;
   bool finished_ = true;
@@ -1011,7 +1004,7 @@ void probe_runtime::impl::drain() {
     if (!collecting.empty())
       collect();
     in_batch = false;
-    sweep_if_due();
+    sweep(); // what came due while the drain held the thread
     flush_if_due(); // news at once, routine successes every routine_flush_delay
   }
 }
@@ -1115,12 +1108,6 @@ void probe_runtime::impl::arm_sweeper() {
     sweeper_at.reset();
     sweep();
   });
-}
-
-void probe_runtime::impl::sweep_if_due() {
-  // The sweeper's wake-up waits while a drain blocks the thread.
-  if (earliest != nullptr && earliest->deadline.at < clock_type::now() + sweep_step)
-    sweep();
 }
 
 void probe_runtime::impl::sweep() {
