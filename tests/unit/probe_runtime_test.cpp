@@ -217,6 +217,38 @@ TEST_CASE("an answer slower than the drain's collect wait is still read and time
   CHECK(server.answered() == 3);
 }
 
+TEST_CASE("an answer split inside a header line is parsed whole while other answers are read",
+          "[probe_runtime]") {
+  // Clients read through one buffer of the runtime's; the part of a header
+  // line that came first must wait in its own client, untouched by the
+  // other probes' answers read meanwhile.
+  mg_test::scripted_server split{[](int fd) {
+    mg_test::write_all(fd, "HTTP/1.1 200 OK\r\nContent-Le");
+    std::this_thread::sleep_for(100ms); // the scenario: the rest comes later
+    mg_test::write_all(fd, "ngth: 15\r\n\r\n{\"split\": true}");
+    return true;
+  }};
+  mg_test::scripted_server whole{[](int fd) {
+    mg_test::write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n{\"whole\": [1, 2]}");
+    return true;
+  }};
+  report_collector collected;
+  mg::probe_runtime runtime{collected.sink()};
+  auto split_driver = runtime.make_driver(target_for("split", split.url()));
+  auto whole_driver = runtime.make_driver(target_for("whole", whole.url()));
+  for (size_t round = 1; round <= 3; ++round) { // new connections, then kept ones
+    REQUIRE(split_driver->probe_scheduled({2000ms, 1, 0.0}));
+    REQUIRE(whole_driver->probe_scheduled({2000ms, 1, 0.0}));
+    REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2 * round; }, 10s));
+  }
+  for (const auto& report : collected.all()) {
+    INFO(report.server_id << ": " << report.outcome.error);
+    CHECK(report.outcome.healthy);
+  }
+  CHECK(split.answered() == 3);
+  CHECK(whole.answered() == 3);
+}
+
 namespace {
 
 /// A server that answers its first probe and never another, and a runtime
