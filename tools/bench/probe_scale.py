@@ -5,6 +5,13 @@ checked by HAProxy 2.6 (`check inter 1s`) in the same run for comparison.
 
 Run by hand, as root (it installs haproxy if missing):
     python3 tools/bench/probe_scale.py [--sizes 1000,5000,10000] [--seconds 30] [--deaths 3]
+        [--sequential] [--no-haproxy]
+
+The CPU comparison with HAProxy (since session 8) alternates windows of the
+two on the same servers, 3 each, --seconds in all per side
+(compare_interleaved): measured minutes apart, as before, the two figures
+compared the machine's drift as much as the programs. --sequential also runs
+HAProxy alone after all modelgated scenarios, the old way.
 
 Reports per scenario: probes/s achieved vs expected, CPU microseconds per
 probe (utime+stime from /proc/PID/stat), p99 lateness of probes against their
@@ -256,8 +263,7 @@ def run_modelgate(n, seconds, hang_share, workdir, deaths=3):
     return result
 
 
-def run_haproxy(n, seconds, workdir):
-    mocks = start_mocks(n)
+def write_haproxy_cfg(mocks, workdir):
     cfg = os.path.join(workdir, "haproxy.cfg")
     with open(cfg, "w") as f:
         f.write("global\n  maxconn 4000\n"
@@ -270,22 +276,77 @@ def run_haproxy(n, seconds, workdir):
                 f.write(f"  server s{i} 127.0.0.1:{port} check inter 1s\n")
                 i += 1
         f.write(f"frontend fe\n  bind 127.0.0.1:{free_port()}\n  default_backend models\n")
+    return cfg
+
+
+def measure_window(pid, mocks, seconds):
+    """(CPU seconds of `pid`, health requests the mocks saw, seconds) over a window."""
+    h0 = sum(m.health_requests() for m in mocks)
+    cpu0, t0 = cpu_seconds(pid), time.time()
+    time.sleep(seconds)
+    cpu1, t1 = cpu_seconds(pid), time.time()
+    h1 = sum(m.health_requests() for m in mocks)
+    return cpu1 - cpu0, h1 - h0, t1 - t0
+
+
+def run_haproxy(n, seconds, workdir):
+    mocks = start_mocks(n)
+    cfg = write_haproxy_cfg(mocks, workdir)
     proc = spawn(["haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     time.sleep(3)  # HAProxy spreads the first checks over the interval
-    h0 = sum(m.health_requests() for m in mocks)
-    cpu0, t0 = cpu_seconds(proc.pid), time.time()
-    time.sleep(seconds)
-    cpu1, t1 = cpu_seconds(proc.pid), time.time()
-    h1 = sum(m.health_requests() for m in mocks)
+    cpu, checks, elapsed = measure_window(proc.pid, mocks, seconds)
     rss = rss_kib(proc.pid) / 1024
     proc.terminate()
     proc.wait(10)
     for m in mocks:
         m.stop()
-    checks = h1 - h0
-    return {"servers": n, "checks_per_s": checks / (t1 - t0),
-            "cpu_us_per_check": (cpu1 - cpu0) * 1e6 / max(checks, 1), "rss_mib": rss}
+    return {"servers": n, "checks_per_s": checks / elapsed,
+            "cpu_us_per_check": cpu * 1e6 / max(checks, 1), "rss_mib": rss}
+
+
+def compare_interleaved(n, seconds, workdir, rounds=3):
+    """CPU per probe of modelgated and per check of HAProxy on the same N mock
+    servers, measured in alternating windows (`rounds` each, `seconds` in all
+    per side, the order swapped every round), one prober at a time: the
+    machine's cost of the same work drifts by 20 % and more within minutes
+    (cold_touch), so two measurements minutes apart compare the machine as
+    much as the programs. modelgated stays up and registered; it probes only
+    in its windows (POST /v1/health-checker/start, then stop). HAProxy starts
+    afresh for each of its windows. Each side warms up 3 s before its window."""
+    window = seconds / rounds
+    mocks = start_mocks(n)
+    daemon = Daemon(workdir)
+    daemon.register_all(mocks)
+    daemon.call("POST", "/v1/health-checker/stop")
+    cfg = write_haproxy_cfg(mocks, workdir)
+    totals = {"modelgated": [0.0, 0], "haproxy": [0.0, 0]}
+    windows = []
+    for r in range(rounds):
+        for side in (("modelgated", "haproxy") if r % 2 == 0 else ("haproxy", "modelgated")):
+            if side == "modelgated":
+                daemon.call("POST", "/v1/health-checker/start")
+                time.sleep(3)  # probers past their random first ticks
+                cpu, probes, elapsed = measure_window(daemon.proc.pid, mocks, window)
+                daemon.call("POST", "/v1/health-checker/stop")
+            else:
+                proc = spawn(["haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+                time.sleep(3)  # HAProxy spreads the first checks over the interval
+                cpu, probes, elapsed = measure_window(proc.pid, mocks, window)
+                proc.terminate()
+                proc.wait(10)
+            totals[side][0] += cpu
+            totals[side][1] += probes
+            windows.append({"side": side, "cpu_us_per_probe": cpu * 1e6 / max(probes, 1),
+                            "probes_per_s": probes / elapsed})
+    daemon.stop()
+    for m in mocks:
+        m.stop()
+    ours = totals["modelgated"][0] * 1e6 / max(totals["modelgated"][1], 1)
+    theirs = totals["haproxy"][0] * 1e6 / max(totals["haproxy"][1], 1)
+    return {"servers": n, "cpu_us_per_probe": ours, "haproxy_cpu_us_per_check": theirs,
+            "ratio": ours / theirs if theirs else None, "windows": windows}
 
 
 def cold_touch():
@@ -302,6 +363,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--no-haproxy", action="store_true")
     ap.add_argument("--only-haproxy", action="store_true")
+    ap.add_argument("--sequential", action="store_true",
+                    help="also run HAProxy alone for --seconds per size after every "
+                         "modelgated scenario, as before session 8")
     ap.add_argument("--deaths", type=int, default=3,
                     help="deaths measured per mode and size; the table shows the worst")
     args = ap.parse_args()
@@ -322,26 +386,43 @@ def main():
         if not args.only_haproxy:
             rows.append(run_modelgate(max(sizes), args.seconds, 0.2, workdir))
             print(json.dumps(rows[-1]), flush=True)
-        ha = []
+        compared, ha = [], []
         if not args.no_haproxy:
             for n in sizes:
-                ha.append(run_haproxy(n, args.seconds, workdir))
-                print(json.dumps(ha[-1]), flush=True)
+                compared.append(compare_interleaved(n, args.seconds, workdir))
+                print(json.dumps(compared[-1]), flush=True)
+            if args.sequential:
+                for n in sizes:
+                    ha.append(run_haproxy(n, args.seconds, workdir))
+                    print(json.dumps(ha[-1]), flush=True)
     print()
     print(f"cold touch before: {touch_before}")
     print(f"cold touch after:  {cold_touch()}")
     print(f"Death -> unhealthy, the worst of {args.deaths}: seen by a GET every ms "
           "(found by modelgated, from last_check_at).")
-    print("| servers | hanging | probes/s (expected) | CPU µs/probe | HAProxy CPU µs/check | ratio | p99 lateness ms | RSS MiB | refused->unhealthy s | killed->unhealthy s | hang->unhealthy s | GET p99 ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("CPU alone: modelgated's scenario window. Interleaved: modelgated and HAProxy on "
+          "the same servers in alternating windows (compare_interleaved); the ratio is theirs.")
+    print("| servers | hanging | probes/s (expected) | CPU µs/probe alone | CPU µs/probe interleaved "
+          "| HAProxy CPU µs/check interleaved | ratio | p99 lateness ms | RSS MiB "
+          "| refused->unhealthy s | killed->unhealthy s | hang->unhealthy s | GET p99 ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        h = next((x for x in ha if x["servers"] == r["servers"]), None) if r["hanging"] == 0 else None
-        hcpu = f"{h['cpu_us_per_check']:.1f} ({h['checks_per_s']:.0f}/s)" if h else "-"
-        ratio = f"{r['cpu_us_per_probe'] / h['cpu_us_per_check']:.2f}" if h and h["cpu_us_per_check"] else "-"
+        c = next((x for x in compared if x["servers"] == r["servers"]), None) if r["hanging"] == 0 else None
+        ours = f"{c['cpu_us_per_probe']:.1f}" if c else "-"
+        theirs = f"{c['haproxy_cpu_us_per_check']:.1f}" if c else "-"
+        ratio = f"{c['ratio']:.2f}" if c and c["ratio"] else "-"
         print(f"| {r['servers']} | {r['hanging']} | {r['probes_per_s']:.0f} ({r['expected_per_s']}) "
-              f"| {r['cpu_us_per_probe']:.1f} | {hcpu} | {ratio} | {r['lateness_p99_ms']} "
+              f"| {r['cpu_us_per_probe']:.1f} | {ours} | {theirs} | {ratio} | {r['lateness_p99_ms']} "
               f"| {r['rss_mib']:.1f} | {fmt_death(r, 'refused')} | {fmt_death(r, 'killed')} "
               f"| {fmt_death(r, 'hang')} | {r['admin_get_p99_ms']:.1f} |")
+    for c in compared:
+        print(f"{c['servers']} servers, windows: " + ", ".join(
+            f"{w['side']} {w['cpu_us_per_probe']:.1f} ({w['probes_per_s']:.0f}/s)" for w in c["windows"]))
+    if ha:
+        print("HAProxy alone, after all modelgated scenarios (the old sequential comparison):")
+        for h in ha:
+            print(f"  {h['servers']} servers: {h['cpu_us_per_check']:.1f} µs/check "
+                  f"({h['checks_per_s']:.0f}/s), RSS {h['rss_mib']:.1f} MiB")
 
 
 def fmt_death(row, key):
