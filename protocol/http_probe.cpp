@@ -188,27 +188,28 @@ struct probe_runtime::impl {
   //    which signals once, at the round's end (round_wakeups.hpp); probes
   //    handed over outside a round signal at once, and those handed over
   //    while a drain runs are taken by its next pass;
-  //  - the drain sends every request handed over, sleeps
-  //    `collect_window` while the answers come in, then reads them all in one
-  //    pass and hands the reports on at once. Answers that trickled in one
-  //    by one woke the thread 230 times a second at 10,000 servers, and each
-  //    read started right after its send made a recv that failed. An answer
-  //    not there yet is waited for as usual (an asio readiness wait);
-  //  - the collect wait adapts: it grows while answers still arrive in its
-  //    last quarter and shrinks while they all come early (a server that
-  //    hangs never counts), between `min_collect` and `max_collect`;
-  //  - deadlines due during the collect wait are swept on time, and those
-  //    due during the send or read pass right after it, so a probe times
-  //    out late by a pass's sending or reading at most (see collect).
-  // The drain blocks the I/O thread for those few milliseconds: on-demand
-  // probes wait at most that long. Response times are not
-  // stretched by the wait: they come from the kernel's receive timestamps.
-  std::chrono::microseconds min_collect{500}; // set once, by the constructor
-  // Up to 20 ms: the mock servers of tools/bench answer a 50 ms slot's 500
-  // probes one after another, over about 10 ms. Servers that answer in
-  // parallel keep the wait near its minimum.
-  static constexpr auto max_collect = std::chrono::microseconds(20'000);
-  std::chrono::microseconds collect_window{1000}; // I/O thread
+  //  - a drain first reads the answers to the requests earlier drains sent
+  //    (`unread`), then sends the requests handed over, and leaves their
+  //    answers for the next drain, a slot later: they are there by then, so
+  //    one pass reads them all without waiting, and the thread wakes once a
+  //    slot. (Answers that trickled in one by one woke it 230 times a
+  //    second at 10,000 servers; a wait for a pass's answers, from session
+  //    5 to 7, woke it a second time every slot.) `read_timer` reads what
+  //    no drain came for within `read_delay` (a few servers, slots left
+  //    empty). An answer not there when read is waited for as usual (an
+  //    asio readiness wait);
+  //  - deadlines due during a drain's send or read pass are swept at its
+  //    end, so a probe times out late by a pass at most; a probe whose
+  //    deadline passes while its answer waits unread is read by the sweep
+  //    (see probe_client::expire).
+  // Reports of scheduled probes reach the registry up to `read_delay`
+  // later than their answers came; response times are not stretched: they
+  // come from the kernel's receive timestamps.
+  std::chrono::milliseconds read_delay{60}; // set once, by the constructor
+  // A drain leaves answers to requests sent less than this before it for
+  // the next one: two rounds of ticks a few milliseconds apart must not
+  // read each other's answers before they can have come.
+  static constexpr auto min_read_age = std::chrono::milliseconds(10);
   // Where every client reads its answers (I/O thread), one buffer for all:
   // each probe's own memory is touched once an interval, and every page
   // of it counts where the host takes idle pages away (a 512-byte buffer
@@ -217,12 +218,17 @@ struct probe_runtime::impl {
   std::atomic<probe_client*> start_stack{nullptr}; // pushed by probers, taken by the drain
   std::atomic<bool> draining{false};
   bool in_batch = false;                   // I/O thread: a drain's send or read pass runs
-  // I/O thread: sent in this pass, to read after it; held, since a sweep in
-  // the wait may end one and let go of its last other owner.
-  std::vector<std::shared_ptr<probe_client>> collecting;
-  // I/O thread: the earliest deadline among `collecting`; the collect wait
-  // ends before it, so the sweep in the wait never ends a probe it reads.
-  clock_type::time_point collecting_due = clock_type::time_point::max();
+  // I/O thread: requests sent by drains, in the order sent, whose answers
+  // are not read yet; held, since a sweep may end one meanwhile and let go
+  // of its last other owner.
+  struct unread_answer {
+    std::shared_ptr<probe_client> client;
+    clock_type::time_point sent;
+  };
+  std::vector<unread_answer> unread;
+  timer_type read_timer{ioc.get_executor()};
+  std::optional<clock_type::time_point> read_timer_at; // armed for
+  uint64_t read_timer_number = 0; // tells a stale wait's handler from the armed one's
   int drain_fd = -1;                       // eventfd: written by hand_over, read by the I/O thread
   std::optional<asio::posix::basic_stream_descriptor<executor_type>> drain_signal;
 
@@ -250,7 +256,8 @@ struct probe_runtime::impl {
   void await_drain_signal();
   void drain();
   probe_client* take_starts();
-  void collect();
+  void read_unread(clock_type::time_point sent_by);
+  void arm_read_timer();
 
   ~impl();
   void add_deadline(probe_client& client, clock_type::time_point at);
@@ -341,16 +348,11 @@ public:
     last_scheduled_start_ = started_;
   }
 
-  /// Reads the answer of a request sent in a drain's send pass (I/O thread);
-  /// when that finished the probe, when its last bytes arrived.
-  std::optional<std::chrono::system_clock::time_point> read_collected() {
+  /// Reads the answer to a request a drain sent (I/O thread).
+  void read_unread() {
     auto self = shared_from_this(); // finishing may release the runtime's hold
-    if (finished_) // by a sweep in the wait (which ends before its deadline, but may oversleep)
-      return std::nullopt;
-    try_read();
-    if (!finished_)
-      return std::nullopt;
-    return arrival_;
+    if (!finished_) // else ended by its deadline's sweep, or abandoned
+      try_read();
   }
 
   void abandon() override {
@@ -374,8 +376,14 @@ public:
     bool registered = false;
   } watching;
 
+  ~probe_client() override {
+    if (parked_fd_ >= 0)
+      ::close(parked_fd_);
+  }
+
+  /// The kept connection's descriptor, parked or in asio's reactor; -1 if none.
   int native_socket() {
-    return socket_.native_handle();
+    return parked_fd_ >= 0 ? parked_fd_ : socket_.native_handle();
   }
 
   /// The server closed the connection this client keeps for its probes
@@ -399,7 +407,7 @@ public:
       hangup_pending_ = true;
       return;
     }
-    if (reconnecting_ || !socket_.is_open())
+    if (reconnecting_ || !connected())
       return;
     close_socket();
     bool reset = (events & (EPOLLERR | EPOLLHUP)) != 0;
@@ -429,7 +437,8 @@ public:
       // The usual case, a server that does not answer: report now, at the
       // deadline. The wait's handler, if one is pending, run later (after
       // the drain, when the sweep ran in one), must not: it is stale from
-      // here on. A probe still in the drain's collect list is read here too.
+      // here on. A probe whose answer waits unread (a drain sent it) is
+      // read here too.
       ++answer_wait_;
       // Unless the answer is here, having come in time while this thread
       // was busy (a drain's wait): it counts, as it would had its handler
@@ -471,7 +480,7 @@ private:
     if (no_later && *no_later < deadline)
       deadline = std::max(*no_later, started_ + timeout - timeout / 10);
     rt_.add_deadline(*this, deadline);
-    if (socket_.is_open()) {
+    if (connected()) {
       reused_ = true;
       return do_write();
     }
@@ -561,6 +570,7 @@ private:
       ec = asio::error::connection_refused;
     if (!ec) {
       prepare_connection();
+      park();
       from_reconnect_ = true;
       rt_.watch(*this);
       return;
@@ -595,19 +605,22 @@ private:
   }
 
   // The request is a few hundred bytes: one send() writes it whole on an
-  // idle connection, with no asio operation; only a short write waits for
-  // the socket (async_write of the rest).
+  // idle connection, parked or not, with no asio operation; only a short
+  // write waits for the socket (async_write of the rest).
   void do_write() {
     step_ = step::write;
-    beast::error_code ec;
-    auto n = socket_.write_some(asio::buffer(request_bytes_), ec);
-    if (ec == asio::error::would_block || ec == asio::error::try_again)
-      n = 0;
-    else if (ec)
-      return retry_or_fail("protocol", "sending the request failed: " + ec.message());
-    if (n == request_bytes_.size())
+    auto n = ::send(native_socket(), request_bytes_.data(), request_bytes_.size(),
+                    MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+      return retry_or_fail("protocol", "sending the request failed: "
+                                         + beast::error_code(errno, boost::system::system_category()).message());
+    auto sent = static_cast<size_t>(std::max<ssize_t>(n, 0));
+    if (sent == request_bytes_.size())
       return start_read();
-    asio::async_write(socket_, asio::buffer(request_bytes_.data() + n, request_bytes_.size() - n),
+    beast::error_code ec;
+    if (!unpark(ec))
+      return retry_or_fail("protocol", "sending the request failed: " + ec.message());
+    asio::async_write(socket_, asio::buffer(request_bytes_.data() + sent, request_bytes_.size() - sent),
                       [self = shared_from_this()](beast::error_code e, size_t) {
                         if (self->timed_out_)
                           return self->finish_timeout();
@@ -627,18 +640,20 @@ private:
     parser_.emplace(body_);
     parser_->eager(true);
     if (rt_.in_batch) {
-      rt_.collecting.push_back(shared_from_this()); // read after the drain's collect wait
-      rt_.collecting_due = std::min(rt_.collecting_due, deadline.at);
+      rt_.unread.push_back({shared_from_this(), started_}); // read by the next drain
     } else {
       wait_readable();
     }
   }
 
   // A readiness wait, not async_read_some: asio's read first tries a recv
-  // at once, which right after the send nearly always fails. (The wait costs
-  // an epoll_ctl instead, so it is only for answers that are not there when
-  // the drain reads.)
+  // at once, which right after the send nearly always fails. (A parked
+  // connection goes back into the reactor for it, an epoll_ctl each way, so
+  // it is only for answers that are not there when a drain reads.)
   void wait_readable() {
+    beast::error_code ec;
+    if (!unpark(ec))
+      return read_failed(ec);
     auto wait = ++answer_wait_;
     socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this(), wait](beast::error_code ec) {
       if (wait != self->answer_wait_)
@@ -696,7 +711,7 @@ private:
       msg.msg_iovlen = 1;
       msg.msg_control = control;
       msg.msg_controllen = sizeof control;
-      auto n = ::recvmsg(socket_.native_handle(), &msg, MSG_DONTWAIT);
+      auto n = ::recvmsg(native_socket(), &msg, MSG_DONTWAIT);
       if (n < 0) {
         if (errno == EINTR)
           continue;
@@ -813,7 +828,7 @@ private:
     out.response_time_ms = elapsed;
     if (out.healthy || out.status_code) {
       // Up to the arrival of the answer's last bytes, not to this moment,
-      // which may be up to a collect window later. The wall clock could
+      // which may be up to the runtime's read_delay later. The wall clock could
       // have been stepped in between: then the elapsed time stands.
       if (arrival_) {
         auto to_arrival = std::chrono::duration<double, std::milli>(*arrival_ - started_wall_).count();
@@ -823,6 +838,7 @@ private:
     }
     out.at = now_ms();
     parser_.reset();
+    park(); // a kept connection waits for the next probe out of asio's reactor
     if (scheduled_) {
       scheduled_ = false;
       out.lateness_ms = lateness_ms_;
@@ -830,7 +846,7 @@ private:
         bool news = !out.healthy || !last_reported_healthy_;
         last_reported_healthy_ = out.healthy;
         rt_.hand_on(probe_report{target_.server_id, generation_, std::move(out)}, news);
-        if (socket_.is_open()) { // kept for the next probe: watched until then
+        if (connected()) { // kept for the next probe: watched until then
           rt_.watch(*this);
           if (hangup_pending_) { // closed while the probe was in flight
             hangup_pending_ = false;
@@ -848,6 +864,11 @@ private:
   void close_socket() {
     watching.registered = false; // closing the socket takes it out of the epoll set
     hangup_pending_ = false;     // it was this connection's
+    if (parked_fd_ >= 0) {
+      ::shutdown(parked_fd_, SHUT_RDWR);
+      ::close(parked_fd_);
+      parked_fd_ = -1;
+    }
     if (socket_.is_open()) {
       beast::error_code ec;
       socket_.shutdown(tcp::socket::shutdown_both, ec);
@@ -855,10 +876,43 @@ private:
     }
   }
 
+  bool connected() {
+    return parked_fd_ >= 0 || socket_.is_open();
+  }
+
+  /// Takes the connection out of asio's reactor, between probes and while a
+  /// drain's request waits for its answer: in the reactor's epoll set, every
+  /// answer arriving woke the I/O thread (the set has every socket in it,
+  /// for input, edge-triggered), and a drain reads the answers itself. Only
+  /// what needs asio (a readiness wait for a late answer, the rest of a
+  /// short write) puts it back (unpark), until the probe ends.
+  void park() {
+    if (parked_fd_ >= 0 || !socket_.is_open())
+      return;
+    beast::error_code ec;
+    auto fd = socket_.release(ec);
+    if (!ec)
+      parked_fd_ = fd;
+  }
+
+  bool unpark(beast::error_code& ec) {
+    if (parked_fd_ < 0) {
+      if (!socket_.is_open())
+        ec = asio::error::not_connected;
+      return socket_.is_open();
+    }
+    socket_.assign(connected_to_.protocol(), parked_fd_, ec);
+    if (ec)
+      return false; // still parked: closed with the client's other state
+    parked_fd_ = -1;
+    return true;
+  }
+
   probe_runtime::impl& rt_;
   static constexpr size_t read_chunk = 512; // a health answer is a few hundred bytes
   resolver_type resolver_;
   socket_type socket_;
+  int parked_fd_ = -1; // the kept connection, out of asio's reactor (see park)
   probe_target target_;
   server_url_parts url_;
   std::string request_bytes_;
@@ -1007,6 +1061,11 @@ probe_client* probe_runtime::impl::take_starts() {
 void probe_runtime::impl::drain() {
   // Only this thread drains, so nothing else ever sets `draining`.
   draining.store(true, std::memory_order_seq_cst);
+  // The answers to earlier drains' requests first: there by now, at a
+  // slot's pace.
+  in_batch = true;
+  read_unread(clock_type::now() - min_read_age);
+  in_batch = false;
   for (;;) {
     auto* batch = take_starts();
     if (batch == nullptr) {
@@ -1014,7 +1073,7 @@ void probe_runtime::impl::drain() {
       // and signals the drain, or this load sees its push.
       draining.store(false, std::memory_order_seq_cst);
       if (start_stack.load(std::memory_order_seq_cst) == nullptr)
-        return;
+        break;
       draining.store(true, std::memory_order_seq_cst);
       continue;
     }
@@ -1026,56 +1085,58 @@ void probe_runtime::impl::drain() {
       client->handed_over_.next = nullptr;
       client->start_scheduled(now);
     }
-    if (!collecting.empty())
-      collect();
     in_batch = false;
     sweep(); // what came due while the drain held the thread
     flush_if_due(); // news at once, routine successes every routine_flush_delay
   }
+  sweep();
+  flush_if_due();
+  arm_read_timer();
 }
 
-void probe_runtime::impl::collect() {
-  auto waited_from = std::chrono::system_clock::now(); // the receive timestamps' clock
-  // Deadlines due during the wait are swept on time, not after it. Those of
-  // hanging servers fall right in it: timeouts are whole 50 ms slots, so a
-  // probe sent in one slot's drain expires during a later slot's.
-  // A probe of this pass whose timeout is shorter than the wait (a few
-  // milliseconds) ends it early instead: it is read before its deadline.
-  auto wake = std::min(clock_type::now() + collect_window, collecting_due - sweep_step);
-  while (earliest != nullptr) {
-    auto due = round_down(earliest->deadline.at, sweep_step);
-    if (due >= wake)
-      break;
-    std::this_thread::sleep_until(due);
-    sweep(); // takes at least the earliest off the list
-    if (news_waiting)
-      flush(); // the timeouts just reported, not after the whole pass
-  }
-  std::this_thread::sleep_until(wake);
-  auto reading = std::move(collecting);
-  collecting.clear();
-  collecting_due = clock_type::time_point::max();
-  // Late: in the last quarter of the wait as it went (sweeps may stretch it).
-  auto late_from = waited_from + (std::chrono::system_clock::now() - waited_from) * 3 / 4;
-  size_t answered = 0, late = 0;
-  for (const auto& client : reading) {
-    if (auto arrival = client->read_collected()) {
-      ++answered;
-      if (*arrival >= late_from)
-        ++late;
+void probe_runtime::impl::read_unread(clock_type::time_point sent_by) {
+  size_t n = 0;
+  while (n < unread.size() && unread[n].sent <= sent_by)
+    ++n;
+  if (n == 0)
+    return;
+  // Out of the list before reading: a read may end a probe, and its report
+  // or a sweep must not find it listed. The rest keep their order.
+  std::vector<unread_answer> reading(std::make_move_iterator(unread.begin()),
+                                     std::make_move_iterator(unread.begin() + n));
+  unread.erase(unread.begin(), unread.begin() + n);
+  for (auto& entry : reading)
+    entry.client->read_unread();
+}
+
+void probe_runtime::impl::arm_read_timer() {
+  if (unread.empty()) {
+    if (read_timer_at) {
+      read_timer_at.reset();
+      ++read_timer_number;
+      read_timer.cancel();
     }
+    return;
   }
-  if (answered >= 8) { // too few say nothing
-    if (late * 10 >= answered)
-      collect_window = std::min<std::chrono::microseconds>(collect_window * 3 / 2,
-                                                           std::max(max_collect, min_collect));
-    else if (late * 50 < answered)
-      collect_window = std::max<std::chrono::microseconds>(collect_window * 9 / 10, min_collect);
-  }
-  if (collecting.empty()) { // keep the capacity for the next pass
-    reading.clear();
-    collecting.swap(reading);
-  }
+  // A drain a slot later reads them before this fires, and re-arms it
+  // (no wake-up, one timerfd update).
+  auto at = unread.front().sent + read_delay;
+  if (read_timer_at == at)
+    return;
+  read_timer_at = at;
+  auto number = ++read_timer_number;
+  read_timer.expires_at(at);
+  read_timer.async_wait([this, number](beast::error_code ec) {
+    if (ec || number != read_timer_number)
+      return; // re-armed or cancelled meanwhile (or stopping)
+    read_timer_at.reset();
+    in_batch = true;
+    read_unread(clock_type::time_point::max());
+    in_batch = false;
+    sweep();
+    flush_if_due();
+    arm_read_timer();
+  });
 }
 
 probe_runtime::impl::~impl() {
@@ -1214,11 +1275,10 @@ void probe_runtime::impl::flush() {
   }
 }
 
-probe_runtime::probe_runtime(probe_report_sink reports, std::chrono::microseconds shortest_collect_wait)
+probe_runtime::probe_runtime(probe_report_sink reports, std::chrono::milliseconds read_delay)
   : impl_(std::make_unique<impl>()) {
   impl_->report_sink = std::move(reports);
-  impl_->min_collect = std::max(shortest_collect_wait, std::chrono::microseconds(100)); // it grows by half
-  impl_->collect_window = std::max(impl_->collect_window, impl_->min_collect);
+  impl_->read_delay = std::max(read_delay, std::chrono::milliseconds(1));
   impl_->drain_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (impl_->drain_fd < 0)
     throw std::system_error(errno, std::system_category(), "eventfd for the probe runtime");

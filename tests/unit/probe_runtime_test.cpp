@@ -160,9 +160,9 @@ TEST_CASE("a scheduled probe of an abandoned driver never reaches the server",
 
 TEST_CASE("a kept connection's answer is timed from its arrival, not from when the drain reads it",
           "[probe_runtime]") {
-  // The drain reads a batch's answers after its collect wait; the response
-  // time must still end when the answer arrived, which here is right after
-  // the server wrote it.
+  // A drain's answers are read by a later drain or after the read delay;
+  // the response time must still end when the answer arrived, which here
+  // is right after the server wrote it.
   std::mutex mutex;
   std::chrono::steady_clock::time_point written;
   mg_test::scripted_server server{[&](int fd) {
@@ -188,16 +188,16 @@ TEST_CASE("a kept connection's answer is timed from its arrival, not from when t
     until_written = std::chrono::duration<double, std::milli>(written - handed_over).count();
   }
   // The probe started its lateness after the hand-over, and the answer
-  // arrived within microseconds of its writing; the collect wait (at least
-  // 0.5 ms, most of it after the answer came) is not in it.
+  // arrived within microseconds of its writing; the wait before it was
+  // read (the read delay: 60 ms) is not in it.
   CHECK(*report.outcome.response_time_ms <= until_written - report.outcome.lateness_ms + 0.3);
   CHECK(server.answered() == 2);
 }
 
-TEST_CASE("an answer slower than the drain's collect wait is still read and timed",
+TEST_CASE("an answer slower than the read delay is still read and timed",
           "[probe_runtime]") {
   mg_test::scripted_server server{[](int fd) {
-    std::this_thread::sleep_for(60ms); // longer than the longest collect wait (20 ms)
+    std::this_thread::sleep_for(90ms); // longer than the read delay (60 ms)
     mg_test::write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
     return true;
   }};
@@ -211,7 +211,7 @@ TEST_CASE("an answer slower than the drain's collect wait is still read and time
     CHECK(report.outcome.healthy);
     CHECK(report.generation == 7);
     REQUIRE(report.outcome.response_time_ms);
-    CHECK(*report.outcome.response_time_ms >= 59.0);
+    CHECK(*report.outcome.response_time_ms >= 89.0);
     CHECK(*report.outcome.response_time_ms < 1000.0);
   }
   CHECK(server.answered() == 3);
@@ -314,50 +314,68 @@ TEST_CASE("a probe that does not follow the last one by about an interval gets i
   CHECK(waited >= 498.9);
 }
 
-TEST_CASE("a probe whose timeout is shorter than the drain's collect wait reports a timeout and no reconnect",
+TEST_CASE("a probe whose timeout is shorter than the wait before its answer is read reports a timeout and no reconnect",
           "[probe_runtime]") {
   answers_once s;
   REQUIRE(s.run({2000ms, 1, 0.0}, 1).healthy);
-  // On the kept connection the request goes out in a drain's send pass;
-  // 1 ms is shorter than its collect wait, which ends before the deadline.
+  // On the kept connection the request goes out in a drain; 1 ms is
+  // shorter than the wait for the next drain or the read delay.
   CHECK(s.run({1ms, 1, 0.0}, 2).error_kind == "timeout");
   CHECK(s.server.accepted() == 1); // an expired probe never connects again
 }
 
-TEST_CASE("an answer that came in time while a drain held the I/O thread counts though the deadline passed",
+TEST_CASE("an answer that came in time but was still unread at the deadline counts",
           "[probe_runtime]") {
-  // A's server answers after 150 ms, A's timeout is 300 ms. B's probe, sent
-  // 100 ms after A's, holds the I/O thread in a 400 ms collect wait (the
-  // runtime's shortest, set for this test) across A's answer and deadline.
-  mg_test::scripted_server slow{[](int fd) {
-    std::this_thread::sleep_for(150ms);
+  // On a kept connection the request goes out in a drain, and its answer
+  // waits for the next drain or the runtime's read delay, set to 400 ms
+  // here: the 200 ms deadline passes first, with the answer (after 50 ms)
+  // unread. The sweep must read it, not report a timeout.
+  std::atomic<int> requests{0};
+  mg_test::scripted_server server{[&](int fd) {
+    if (++requests > 1)
+      std::this_thread::sleep_for(50ms);
     mg_test::write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
     return true;
   }};
-  mg_test::scripted_server fast{healthy_answer()};
   report_collector collected;
   mg::probe_runtime runtime{collected.sink(), 400ms};
-  auto a = runtime.make_driver(target_for("a", slow.url()));
-  auto b = runtime.make_driver(target_for("b", fast.url()));
-  REQUIRE(b->probe_scheduled({2000ms, 1, 0.0})); // connects: B's next probe goes in a drain
+  auto driver = runtime.make_driver(target_for("unread", server.url()));
+  REQUIRE(driver->probe_scheduled({2000ms, 1, 0.0})); // connects: the next probe goes in a drain
   REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
-  auto a_sent = std::chrono::steady_clock::now();
-  REQUIRE(a->probe_scheduled({300ms, 1, 0.0})); // connects, sends, waits for the answer
-  std::this_thread::sleep_until(a_sent + 100ms);
-  REQUIRE(b->probe_scheduled({2000ms, 1, 0.0}));
-  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 3; }, 10s));
-  // B's report came after its 400 ms wait: the thread was held through A's
-  // answer and deadline, so the sweep, not A's wait, found the answer.
-  CHECK(std::chrono::steady_clock::now() - a_sent >= 450ms);
-  for (const auto& r : collected.all()) {
-    INFO(r.server_id << ": " << r.outcome.error);
-    CHECK(r.outcome.healthy);
-    if (r.server_id == "a") {
-      REQUIRE(r.outcome.response_time_ms);
-      CHECK(*r.outcome.response_time_ms >= 149.0);
-      CHECK(*r.outcome.response_time_ms < 300.0);
-    }
-  }
+  auto sent = std::chrono::steady_clock::now();
+  REQUIRE(driver->probe_scheduled({200ms, 1, 0.0}));
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
+  // Reported at the deadline's sweep, not when the answer came nor by the
+  // read delay.
+  auto reported = std::chrono::steady_clock::now() - sent;
+  CHECK(reported >= 195ms);
+  CHECK(reported < 390ms);
+  auto r = collected.all()[1];
+  INFO(r.outcome.error);
+  CHECK(r.outcome.healthy);
+  REQUIRE(r.outcome.response_time_ms);
+  CHECK(*r.outcome.response_time_ms >= 49.0);
+  CHECK(*r.outcome.response_time_ms < 200.0);
+}
+
+TEST_CASE("an answer no later batch comes for is read after the runtime's read delay",
+          "[probe_runtime]") {
+  mg_test::scripted_server server{healthy_answer()};
+  report_collector collected;
+  mg::probe_runtime runtime{collected.sink(), 300ms};
+  auto driver = runtime.make_driver(target_for("alone", server.url()));
+  REQUIRE(driver->probe_scheduled({2000ms, 1, 0.0})); // connects: read as it comes
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 1; }, 10s));
+  auto sent = std::chrono::steady_clock::now();
+  REQUIRE(driver->probe_scheduled({2000ms, 1, 0.0})); // the kept connection: read later
+  REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
+  auto reported = std::chrono::steady_clock::now() - sent;
+  CHECK(reported >= 295ms);
+  CHECK(reported < 1000ms);
+  auto r = collected.all()[1];
+  CHECK(r.outcome.healthy);
+  REQUIRE(r.outcome.response_time_ms);
+  CHECK(*r.outcome.response_time_ms < 100.0); // when it came, not when it was read
 }
 
 TEST_CASE("a server that dies between probes is reported unhealthy without waiting for a probe",
