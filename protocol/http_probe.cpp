@@ -158,7 +158,8 @@ struct probe_runtime::impl {
 
   // Finished probes waiting to be handed on. A report with news for the
   // registry (a failure, or a success after a failure or as the first) goes
-  // out at the end of its drain pass, or at once; routine successes, which
+  // out at the end of the drain pass or timer that read it, or at once;
+  // routine successes, which
   // change only timings, gather for up to `routine_flush_delay`, so the
   // registry's thread wakes a few times a second, not once per slot. Their
   // figures (last_check_at, last_response_time_ms) are the probe's own and
@@ -198,10 +199,14 @@ struct probe_runtime::impl {
   //    no drain came for within `read_delay` (a few servers, slots left
   //    empty). An answer not there when read is waited for as usual (an
   //    asio readiness wait);
-  //  - deadlines due during a drain's send or read pass are swept at its
-  //    end, so a probe times out late by a pass at most; a probe whose
-  //    deadline passes while its answer waits unread is read by the sweep
-  //    (see probe_client::expire).
+  //  - deadlines due during a drain's read and send passes are swept after
+  //    them, so a probe times out late by those two passes at most; a probe
+  //    whose deadline passes while its answer waits unread is read by the
+  //    sweep, or by the read pass if it comes first, and counts if it came
+  //    by the deadline (see probe_client::expire);
+  //  - a server probed more often than every two read delays (intervals
+  //    under 120 ms) has its answers waited for at once, as on-demand
+  //    probes do: a slot later, its next tick would find it still busy.
   // Reports of scheduled probes reach the registry up to `read_delay`
   // later than their answers came; response times are not stretched: they
   // come from the kernel's receive timestamps.
@@ -224,6 +229,7 @@ struct probe_runtime::impl {
   struct unread_answer {
     std::shared_ptr<probe_client> client;
     clock_type::time_point sent;
+    uint64_t probe_number; // the client's probe that sent it
   };
   std::vector<unread_answer> unread;
   timer_type read_timer{ioc.get_executor()};
@@ -344,15 +350,24 @@ public:
     if (probe.interval.count() > 0 && last_scheduled_start_
         && now - *last_scheduled_start_ < probe.interval + probe.interval / 2)
       on_schedule = *last_scheduled_start_ + probe.interval + probe.timeout;
+    read_later_ = probe.interval.count() == 0 || probe.interval >= 2 * rt_.read_delay;
     start(probe.timeout, on_schedule);
+    read_later_ = false;
     last_scheduled_start_ = started_;
   }
 
-  /// Reads the answer to a request a drain sent (I/O thread).
-  void read_unread() {
+  /// Reads the answer to the request probe `number` sent in a drain (I/O
+  /// thread), unless that probe ended meanwhile (its deadline's sweep,
+  /// abandon).
+  void read_unread(uint64_t number) {
     auto self = shared_from_this(); // finishing may release the runtime's hold
-    if (!finished_) // else ended by its deadline's sweep, or abandoned
-      try_read();
+    if (finished_ || number != probe_number_)
+      return;
+    if (deadline.at <= clock_type::now()) { // due, not swept yet: as the sweep would
+      rt_.remove_deadline(*this);
+      return expire();
+    }
+    try_read();
   }
 
   void abandon() override {
@@ -435,14 +450,13 @@ public:
       return;
     if (step_ == step::read && parser_) {
       // The usual case, a server that does not answer: report now, at the
-      // deadline. The wait's handler, if one is pending, run later (after
-      // the drain, when the sweep ran in one), must not: it is stale from
-      // here on. A probe whose answer waits unread (a drain sent it) is
-      // read here too.
+      // deadline. The wait's handler, if one is pending and runs later (its
+      // readiness came in the same epoll round as the sweeper), must not:
+      // it is stale from here on.
       ++answer_wait_;
-      // Unless the answer is here, having come in time while this thread
-      // was busy (a drain's wait): it counts, as it would had its handler
-      // run first.
+      // Unless the answer is here, having come in time: it waited unread
+      // for the next drain, or came in that same epoll round. It counts, as
+      // it would had it been read first.
       beast::error_code ignored;
       if (read_available(ignored) == read_state::complete && arrived_by(deadline.at))
         return on_response();
@@ -469,6 +483,7 @@ private:
     from_reconnect_ = false; // a probe uses the connection from now on
     reconnects_since_probe_ = 0;
     timeout_ = timeout;
+    ++probe_number_;
     started_ = clock_type::now();
     started_wall_ = std::chrono::system_clock::now();
     arrival_.reset();
@@ -639,8 +654,8 @@ private:
     received_ = 0;
     parser_.emplace(body_);
     parser_->eager(true);
-    if (rt_.in_batch) {
-      rt_.unread.push_back({shared_from_this(), started_}); // read by the next drain
+    if (rt_.in_batch && read_later_) {
+      rt_.unread.push_back({shared_from_this(), started_, probe_number_}); // read by the next drain
     } else {
       wait_readable();
     }
@@ -954,6 +969,8 @@ private:
   uint64_t answer_wait_ = 0;
   bool timed_out_ = false;
   bool finished_ = true;
+  uint64_t probe_number_ = 0; // counts this client's probes
+  bool read_later_ = false;   // the probe starting now leaves its answer for a later drain
 };
 
 } // namespace
@@ -1106,7 +1123,7 @@ void probe_runtime::impl::read_unread(clock_type::time_point sent_by) {
                                      std::make_move_iterator(unread.begin() + n));
   unread.erase(unread.begin(), unread.begin() + n);
   for (auto& entry : reading)
-    entry.client->read_unread();
+    entry.client->read_unread(entry.probe_number);
 }
 
 void probe_runtime::impl::arm_read_timer() {

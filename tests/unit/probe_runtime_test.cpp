@@ -23,13 +23,21 @@ namespace {
 struct report_collector {
   std::mutex mutex;
   std::vector<mg::probe_report> reports;
+  std::vector<std::chrono::steady_clock::time_point> handed_on; // when each report came
 
   mg::probe_report_sink sink() {
     return [this](std::vector<mg::probe_report> batch) {
+      auto now = std::chrono::steady_clock::now();
       std::lock_guard<std::mutex> lock(mutex);
-      for (auto& r : batch)
+      for (auto& r : batch) {
         reports.push_back(std::move(r));
+        handed_on.push_back(now);
+      }
     };
+  }
+  std::chrono::steady_clock::time_point handed_on_at(size_t i) {
+    std::lock_guard<std::mutex> lock(mutex);
+    return handed_on.at(i);
   }
   size_t size() {
     std::lock_guard<std::mutex> lock(mutex);
@@ -64,6 +72,29 @@ int watched_connections() {
       auto at = line.find("events:");
       if (line.rfind("tfd:", 0) == 0 && at != std::string::npos
           && (std::stoul(line.substr(at + 7), nullptr, 16) & 0x2000) != 0) // EPOLLRDHUP
+        ++count;
+    }
+  }
+  return count;
+}
+
+/// Sockets of this process registered for input in any of its epoll sets:
+/// asio's reactor registers every socket it holds so, edge-triggered.
+int sockets_watched_for_input() {
+  namespace fs = std::filesystem;
+  int count = 0;
+  for (const auto& entry : fs::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    if (fs::read_symlink(entry.path(), ec).string() != "anon_inode:[eventpoll]" || ec)
+      continue;
+    std::ifstream info("/proc/self/fdinfo/" + entry.path().filename().string());
+    for (std::string line; std::getline(info, line);) {
+      auto at = line.find("events:");
+      if (line.rfind("tfd:", 0) != 0 || at == std::string::npos
+          || (std::stoul(line.substr(at + 7), nullptr, 16) & 0x1) == 0) // EPOLLIN
+        continue;
+      auto fd = std::stoi(line.substr(4));
+      if (fs::read_symlink("/proc/self/fd/" + std::to_string(fd), ec).string().rfind("socket:", 0) == 0)
         ++count;
     }
   }
@@ -334,7 +365,8 @@ TEST_CASE("an answer that came in time but was still unread at the deadline coun
   mg_test::scripted_server server{[&](int fd) {
     if (++requests > 1)
       std::this_thread::sleep_for(50ms);
-    mg_test::write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    // A 500: its report is news, handed on as soon as it is read.
+    mg_test::write_all(fd, "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n");
     return true;
   }};
   report_collector collected;
@@ -352,10 +384,112 @@ TEST_CASE("an answer that came in time but was still unread at the deadline coun
   CHECK(reported < 390ms);
   auto r = collected.all()[1];
   INFO(r.outcome.error);
-  CHECK(r.outcome.healthy);
+  CHECK(r.outcome.error_kind == "http_status"); // the answer, not a timeout
   REQUIRE(r.outcome.response_time_ms);
   CHECK(*r.outcome.response_time_ms >= 49.0);
   CHECK(*r.outcome.response_time_ms < 200.0);
+}
+
+namespace {
+
+/// An answer that fails the probe, so that every report is news and goes
+/// out as soon as the answer is read (routine successes wait up to 200 ms).
+mg_test::scripted_server::answer_fn failing_answer() {
+  return [](int fd) {
+    mg_test::write_all(fd, "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n");
+    return true;
+  };
+}
+
+/// Two servers that answer 500, each probed once already on a connection
+/// kept since, by a runtime whose read delay (300 ms) is far longer than the
+/// tests' gaps.
+struct two_kept {
+  mg_test::scripted_server a_server{failing_answer()};
+  mg_test::scripted_server b_server{failing_answer()};
+  report_collector collected;
+  mg::probe_runtime runtime{collected.sink(), 300ms};
+  std::shared_ptr<mg::probe_driver> a = runtime.make_driver(target_for("a", a_server.url()));
+  std::shared_ptr<mg::probe_driver> b = runtime.make_driver(target_for("b", b_server.url()));
+
+  two_kept() {
+    REQUIRE(a->probe_scheduled({2000ms, 1, 0.0}));
+    REQUIRE(b->probe_scheduled({2000ms, 1, 0.0}));
+    REQUIRE(mg::test::wait_until([&] { return collected.size() >= 2; }, 10s));
+  }
+  /// When the report of `id` after the first two came, after `from`.
+  std::chrono::steady_clock::duration reported(const std::string& id,
+                                               std::chrono::steady_clock::time_point from) {
+    auto all = collected.all();
+    for (size_t i = 2; i < all.size(); ++i)
+      if (all[i].server_id == id)
+        return collected.handed_on_at(i) - from;
+    FAIL("no report of " << id);
+    return {};
+  }
+};
+
+} // namespace
+
+TEST_CASE("a later batch of probes reads the answers of an earlier one", "[probe_runtime]") {
+  two_kept t;
+  auto a_sent = std::chrono::steady_clock::now();
+  REQUIRE(t.a->probe_scheduled({2000ms, 1, 0.0}));
+  std::this_thread::sleep_for(30ms); // the scenario: a later batch
+  REQUIRE(t.b->probe_scheduled({2000ms, 1, 0.0}));
+  REQUIRE(mg::test::wait_until([&] { return t.collected.size() >= 4; }, 10s));
+  // A's answer was read by B's drain, not by the 300 ms read delay.
+  CHECK(t.reported("a", a_sent) < 200ms);
+  CHECK(t.reported("b", a_sent) >= 300ms);
+  for (const auto& r : t.collected.all())
+    CHECK(r.outcome.error_kind == "http_status"); // each answer read, none timed out
+}
+
+TEST_CASE("a batch leaves the answers of one sent less than 10 ms before it unread",
+          "[probe_runtime]") {
+  two_kept t;
+  // B is handed over once A's server has answered, so B's drain is not A's
+  // and comes well within 10 ms of it, when an answer from a farther server
+  // might not be there yet. A thread preempted for 9 ms or more on the way
+  // did not make the scenario: it runs again.
+  for (int attempt = 0;; ++attempt) {
+    auto a_sent = std::chrono::steady_clock::now();
+    REQUIRE(t.a->probe_scheduled({2000ms, 1, 0.0}));
+    REQUIRE(mg::test::wait_until([&] { return t.a_server.answered() >= 2 + attempt; }, 10s));
+    REQUIRE(t.b->probe_scheduled({2000ms, 1, 0.0}));
+    auto handed = std::chrono::steady_clock::now() - a_sent;
+    size_t reports = 4 + 2 * static_cast<size_t>(attempt);
+    REQUIRE(mg::test::wait_until([&] { return t.collected.size() >= reports; }, 10s));
+    if (handed >= 9ms && attempt < 5)
+      continue;
+    for (size_t i = reports - 2; i < reports; ++i)
+      CHECK(t.collected.handed_on_at(i) - a_sent >= 295ms); // both by the read delay
+    break;
+  }
+}
+
+TEST_CASE("the answer of a server probed more often than every two read delays is read as it comes",
+          "[probe_runtime]") {
+  // Left for a later drain, it would still be unread at its next tick,
+  // which would find the probe busy and skip.
+  two_kept t;
+  auto sent = std::chrono::steady_clock::now();
+  REQUIRE(t.a->probe_scheduled({100ms, 1, 0.0, 100ms})); // interval 100 ms < 2 x 300 ms
+  REQUIRE(mg::test::wait_until([&] { return t.collected.size() >= 3; }, 10s));
+  CHECK(t.reported("a", sent) < 150ms);
+  CHECK(t.collected.all()[2].outcome.error_kind == "http_status");
+}
+
+TEST_CASE("a kept connection waits for its next probe out of the reactor's epoll set",
+          "[probe_runtime]") {
+  // In it, every answer arriving woke the I/O thread; a drain reads them.
+  probed_once p("parked", 1);
+  CHECK(sockets_watched_for_input() == 0);
+  REQUIRE(p.driver->probe_scheduled({2000ms, 1, 0.0})); // the kept connection
+  REQUIRE(mg::test::wait_until([&] { return p.collected.size() >= 2; }, 10s));
+  CHECK(p.collected.all()[1].outcome.healthy);
+  CHECK(sockets_watched_for_input() == 0);
+  CHECK(watched_connections() == 1); // still watched for the server's close
 }
 
 TEST_CASE("an answer no later batch comes for is read after the runtime's read delay",
