@@ -158,8 +158,7 @@ struct probe_runtime::impl {
 
   // Finished probes waiting to be handed on. A report with news for the
   // registry (a failure, or a success after a failure or as the first) goes
-  // out at the end of the drain pass or timer that read it, or at once;
-  // routine successes, which
+  // out at the end of its drain pass, or at once; routine successes, which
   // change only timings, gather for up to `routine_flush_delay`, so the
   // registry's thread wakes a few times a second, not once per slot. Their
   // figures (last_check_at, last_response_time_ms) are the probe's own and
@@ -189,32 +188,27 @@ struct probe_runtime::impl {
   //    which signals once, at the round's end (round_wakeups.hpp); probes
   //    handed over outside a round signal at once, and those handed over
   //    while a drain runs are taken by its next pass;
-  //  - a drain first reads the answers to the requests earlier drains sent
-  //    (`unread`), then sends the requests handed over, and leaves their
-  //    answers for the next drain, a slot later: they are there by then, so
-  //    one pass reads them all without waiting, and the thread wakes once a
-  //    slot. (Answers that trickled in one by one woke it 230 times a
-  //    second at 10,000 servers; a wait for a pass's answers, from session
-  //    5 to 7, woke it a second time every slot.) `read_timer` reads what
-  //    no drain came for within `read_delay` (a few servers, slots left
-  //    empty). An answer not there when read is waited for as usual (an
-  //    asio readiness wait);
-  //  - deadlines due during a drain's read and send passes are swept after
-  //    them, so a probe times out late by those two passes at most; a probe
-  //    whose deadline passes while its answer waits unread is read by the
-  //    sweep, or by the read pass if it comes first, and counts if it came
-  //    by the deadline (see probe_client::expire);
-  //  - a server probed more often than every two read delays (intervals
-  //    under 120 ms) has its answers waited for at once, as on-demand
-  //    probes do: a slot later, its next tick would find it still busy.
-  // Reports of scheduled probes reach the registry up to `read_delay`
-  // later than their answers came; response times are not stretched: they
-  // come from the kernel's receive timestamps.
-  std::chrono::milliseconds read_delay{60}; // set once, by the constructor
-  // A drain leaves answers to requests sent less than this before it for
-  // the next one: two rounds of ticks a few milliseconds apart must not
-  // read each other's answers before they can have come.
-  static constexpr auto min_read_age = std::chrono::milliseconds(10);
+  //  - the drain sends every request handed over, sleeps
+  //    `collect_window` while the answers come in, then reads them all in one
+  //    pass and hands the reports on at once. Answers that trickled in one
+  //    by one woke the thread 230 times a second at 10,000 servers, and each
+  //    read started right after its send made a recv that failed. An answer
+  //    not there yet is waited for as usual (an asio readiness wait);
+  //  - the collect wait adapts: it grows while answers still arrive in its
+  //    last quarter and shrinks while they all come early (a server that
+  //    hangs never counts), between `min_collect` and `max_collect`;
+  //  - deadlines due during the collect wait are swept on time, and those
+  //    due during the send or read pass right after it, so a probe times
+  //    out late by a pass's sending or reading at most (see collect).
+  // The drain blocks the I/O thread for those few milliseconds: on-demand
+  // probes wait at most that long. Response times are not
+  // stretched by the wait: they come from the kernel's receive timestamps.
+  std::chrono::microseconds min_collect{500}; // set once, by the constructor
+  // Up to 20 ms: the mock servers of tools/bench answer a 50 ms slot's 500
+  // probes one after another, over about 10 ms. Servers that answer in
+  // parallel keep the wait near its minimum.
+  static constexpr auto max_collect = std::chrono::microseconds(20'000);
+  std::chrono::microseconds collect_window{1000}; // I/O thread
   // Where every client reads its answers (I/O thread), one buffer for all:
   // each probe's own memory is touched once an interval, and every page
   // of it counts where the host takes idle pages away (a 512-byte buffer
@@ -223,18 +217,12 @@ struct probe_runtime::impl {
   std::atomic<probe_client*> start_stack{nullptr}; // pushed by probers, taken by the drain
   std::atomic<bool> draining{false};
   bool in_batch = false;                   // I/O thread: a drain's send or read pass runs
-  // I/O thread: requests sent by drains, in the order sent, whose answers
-  // are not read yet; held, since a sweep may end one meanwhile and let go
-  // of its last other owner.
-  struct unread_answer {
-    std::shared_ptr<probe_client> client;
-    clock_type::time_point sent;
-    uint64_t probe_number; // the client's probe that sent it
-  };
-  std::vector<unread_answer> unread;
-  timer_type read_timer{ioc.get_executor()};
-  std::optional<clock_type::time_point> read_timer_at; // armed for
-  uint64_t read_timer_number = 0; // tells a stale wait's handler from the armed one's
+  // I/O thread: sent in this pass, to read after it; held, since a sweep in
+  // the wait may end one and let go of its last other owner.
+  std::vector<std::shared_ptr<probe_client>> collecting;
+  // I/O thread: the earliest deadline among `collecting`; the collect wait
+  // ends before it, so the sweep in the wait never ends a probe it reads.
+  clock_type::time_point collecting_due = clock_type::time_point::max();
   int drain_fd = -1;                       // eventfd: written by hand_over, read by the I/O thread
   std::optional<asio::posix::basic_stream_descriptor<executor_type>> drain_signal;
 
@@ -262,8 +250,7 @@ struct probe_runtime::impl {
   void await_drain_signal();
   void drain();
   probe_client* take_starts();
-  void read_unread(clock_type::time_point sent_by);
-  void arm_read_timer();
+  void collect();
 
   ~impl();
   void add_deadline(probe_client& client, clock_type::time_point at);
@@ -350,24 +337,20 @@ public:
     if (probe.interval.count() > 0 && last_scheduled_start_
         && now - *last_scheduled_start_ < probe.interval + probe.interval / 2)
       on_schedule = *last_scheduled_start_ + probe.interval + probe.timeout;
-    read_later_ = probe.interval.count() == 0 || probe.interval >= 2 * rt_.read_delay;
     start(probe.timeout, on_schedule);
-    read_later_ = false;
     last_scheduled_start_ = started_;
   }
 
-  /// Reads the answer to the request probe `number` sent in a drain (I/O
-  /// thread), unless that probe ended meanwhile (its deadline's sweep,
-  /// abandon).
-  void read_unread(uint64_t number) {
+  /// Reads the answer of a request sent in a drain's send pass (I/O thread);
+  /// when that finished the probe, when its last bytes arrived.
+  std::optional<std::chrono::system_clock::time_point> read_collected() {
     auto self = shared_from_this(); // finishing may release the runtime's hold
-    if (finished_ || number != probe_number_)
-      return;
-    if (deadline.at <= clock_type::now()) { // due, not swept yet: as the sweep would
-      rt_.remove_deadline(*this);
-      return expire();
-    }
+    if (finished_) // by a sweep in the wait (which ends before its deadline, but may oversleep)
+      return std::nullopt;
     try_read();
+    if (!finished_)
+      return std::nullopt;
+    return arrival_;
   }
 
   void abandon() override {
@@ -450,13 +433,13 @@ public:
       return;
     if (step_ == step::read && parser_) {
       // The usual case, a server that does not answer: report now, at the
-      // deadline. The wait's handler, if one is pending and runs later (its
-      // readiness came in the same epoll round as the sweeper), must not:
-      // it is stale from here on.
+      // deadline. The wait's handler, if one is pending, run later (after
+      // the drain, when the sweep ran in one), must not: it is stale from
+      // here on. A probe still in the drain's collect list is read here too.
       ++answer_wait_;
-      // Unless the answer is here, having come in time: it waited unread
-      // for the next drain, or came in that same epoll round. It counts, as
-      // it would had it been read first.
+      // Unless the answer is here, having come in time while this thread
+      // was busy (a drain's wait): it counts, as it would had its handler
+      // run first.
       beast::error_code ignored;
       if (read_available(ignored) == read_state::complete && arrived_by(deadline.at))
         return on_response();
@@ -483,7 +466,6 @@ private:
     from_reconnect_ = false; // a probe uses the connection from now on
     reconnects_since_probe_ = 0;
     timeout_ = timeout;
-    ++probe_number_;
     started_ = clock_type::now();
     started_wall_ = std::chrono::system_clock::now();
     arrival_.reset();
@@ -620,8 +602,8 @@ private:
   }
 
   // The request is a few hundred bytes: one send() writes it whole on an
-  // idle connection, parked or not, with no asio operation; only a short
-  // write waits for the socket (async_write of the rest).
+  // idle connection, with no asio operation; only a short write waits for
+  // the socket (async_write of the rest).
   void do_write() {
     step_ = step::write;
     auto n = ::send(native_socket(), request_bytes_.data(), request_bytes_.size(),
@@ -654,17 +636,18 @@ private:
     received_ = 0;
     parser_.emplace(body_);
     parser_->eager(true);
-    if (rt_.in_batch && read_later_) {
-      rt_.unread.push_back({shared_from_this(), started_, probe_number_}); // read by the next drain
+    if (rt_.in_batch) {
+      rt_.collecting.push_back(shared_from_this()); // read after the drain's collect wait
+      rt_.collecting_due = std::min(rt_.collecting_due, deadline.at);
     } else {
       wait_readable();
     }
   }
 
   // A readiness wait, not async_read_some: asio's read first tries a recv
-  // at once, which right after the send nearly always fails. (A parked
-  // connection goes back into the reactor for it, an epoll_ctl each way, so
-  // it is only for answers that are not there when a drain reads.)
+  // at once, which right after the send nearly always fails. (The wait costs
+  // an epoll_ctl instead, so it is only for answers that are not there when
+  // the drain reads.)
   void wait_readable() {
     beast::error_code ec;
     if (!unpark(ec))
@@ -843,7 +826,7 @@ private:
     out.response_time_ms = elapsed;
     if (out.healthy || out.status_code) {
       // Up to the arrival of the answer's last bytes, not to this moment,
-      // which may be up to the runtime's read_delay later. The wall clock could
+      // which may be up to a collect window later. The wall clock could
       // have been stepped in between: then the elapsed time stands.
       if (arrival_) {
         auto to_arrival = std::chrono::duration<double, std::milli>(*arrival_ - started_wall_).count();
@@ -895,12 +878,13 @@ private:
     return parked_fd_ >= 0 || socket_.is_open();
   }
 
-  /// Takes the connection out of asio's reactor, between probes and while a
-  /// drain's request waits for its answer: in the reactor's epoll set, every
-  /// answer arriving woke the I/O thread (the set has every socket in it,
-  /// for input, edge-triggered), and a drain reads the answers itself. Only
-  /// what needs asio (a readiness wait for a late answer, the rest of a
-  /// short write) puts it back (unpark), until the probe ends.
+  /// Takes the connection out of asio's reactor between probes and while a
+  /// drain's request waits for its answer: in the reactor's epoll set (it
+  /// has every socket, for input, edge-triggered) every answer arriving
+  /// was an event the thread woke for or walked through, and a drain reads
+  /// the answers itself. Only what needs asio (a readiness wait for a late
+  /// answer, the rest of a short write) puts it back (unpark), until the
+  /// probe ends.
   void park() {
     if (parked_fd_ >= 0 || !socket_.is_open())
       return;
@@ -969,8 +953,6 @@ private:
   uint64_t answer_wait_ = 0;
   bool timed_out_ = false;
   bool finished_ = true;
-  uint64_t probe_number_ = 0; // counts this client's probes
-  bool read_later_ = false;   // the probe starting now leaves its answer for a later drain
 };
 
 } // namespace
@@ -1078,11 +1060,6 @@ probe_client* probe_runtime::impl::take_starts() {
 void probe_runtime::impl::drain() {
   // Only this thread drains, so nothing else ever sets `draining`.
   draining.store(true, std::memory_order_seq_cst);
-  // The answers to earlier drains' requests first: there by now, at a
-  // slot's pace.
-  in_batch = true;
-  read_unread(clock_type::now() - min_read_age);
-  in_batch = false;
   for (;;) {
     auto* batch = take_starts();
     if (batch == nullptr) {
@@ -1090,7 +1067,7 @@ void probe_runtime::impl::drain() {
       // and signals the drain, or this load sees its push.
       draining.store(false, std::memory_order_seq_cst);
       if (start_stack.load(std::memory_order_seq_cst) == nullptr)
-        break;
+        return;
       draining.store(true, std::memory_order_seq_cst);
       continue;
     }
@@ -1102,58 +1079,56 @@ void probe_runtime::impl::drain() {
       client->handed_over_.next = nullptr;
       client->start_scheduled(now);
     }
+    if (!collecting.empty())
+      collect();
     in_batch = false;
     sweep(); // what came due while the drain held the thread
     flush_if_due(); // news at once, routine successes every routine_flush_delay
   }
-  sweep();
-  flush_if_due();
-  arm_read_timer();
 }
 
-void probe_runtime::impl::read_unread(clock_type::time_point sent_by) {
-  size_t n = 0;
-  while (n < unread.size() && unread[n].sent <= sent_by)
-    ++n;
-  if (n == 0)
-    return;
-  // Out of the list before reading: a read may end a probe, and its report
-  // or a sweep must not find it listed. The rest keep their order.
-  std::vector<unread_answer> reading(std::make_move_iterator(unread.begin()),
-                                     std::make_move_iterator(unread.begin() + n));
-  unread.erase(unread.begin(), unread.begin() + n);
-  for (auto& entry : reading)
-    entry.client->read_unread(entry.probe_number);
-}
-
-void probe_runtime::impl::arm_read_timer() {
-  if (unread.empty()) {
-    if (read_timer_at) {
-      read_timer_at.reset();
-      ++read_timer_number;
-      read_timer.cancel();
-    }
-    return;
+void probe_runtime::impl::collect() {
+  auto waited_from = std::chrono::system_clock::now(); // the receive timestamps' clock
+  // Deadlines due during the wait are swept on time, not after it. Those of
+  // hanging servers fall right in it: timeouts are whole 50 ms slots, so a
+  // probe sent in one slot's drain expires during a later slot's.
+  // A probe of this pass whose timeout is shorter than the wait (a few
+  // milliseconds) ends it early instead: it is read before its deadline.
+  auto wake = std::min(clock_type::now() + collect_window, collecting_due - sweep_step);
+  while (earliest != nullptr) {
+    auto due = round_down(earliest->deadline.at, sweep_step);
+    if (due >= wake)
+      break;
+    std::this_thread::sleep_until(due);
+    sweep(); // takes at least the earliest off the list
+    if (news_waiting)
+      flush(); // the timeouts just reported, not after the whole pass
   }
-  // A drain a slot later reads them before this fires, and re-arms it
-  // (no wake-up, one timerfd update).
-  auto at = unread.front().sent + read_delay;
-  if (read_timer_at == at)
-    return;
-  read_timer_at = at;
-  auto number = ++read_timer_number;
-  read_timer.expires_at(at);
-  read_timer.async_wait([this, number](beast::error_code ec) {
-    if (ec || number != read_timer_number)
-      return; // re-armed or cancelled meanwhile (or stopping)
-    read_timer_at.reset();
-    in_batch = true;
-    read_unread(clock_type::time_point::max());
-    in_batch = false;
-    sweep();
-    flush_if_due();
-    arm_read_timer();
-  });
+  std::this_thread::sleep_until(wake);
+  auto reading = std::move(collecting);
+  collecting.clear();
+  collecting_due = clock_type::time_point::max();
+  // Late: in the last quarter of the wait as it went (sweeps may stretch it).
+  auto late_from = waited_from + (std::chrono::system_clock::now() - waited_from) * 3 / 4;
+  size_t answered = 0, late = 0;
+  for (const auto& client : reading) {
+    if (auto arrival = client->read_collected()) {
+      ++answered;
+      if (*arrival >= late_from)
+        ++late;
+    }
+  }
+  if (answered >= 8) { // too few say nothing
+    if (late * 10 >= answered)
+      collect_window = std::min<std::chrono::microseconds>(collect_window * 3 / 2,
+                                                           std::max(max_collect, min_collect));
+    else if (late * 50 < answered)
+      collect_window = std::max<std::chrono::microseconds>(collect_window * 9 / 10, min_collect);
+  }
+  if (collecting.empty()) { // keep the capacity for the next pass
+    reading.clear();
+    collecting.swap(reading);
+  }
 }
 
 probe_runtime::impl::~impl() {
@@ -1292,10 +1267,11 @@ void probe_runtime::impl::flush() {
   }
 }
 
-probe_runtime::probe_runtime(probe_report_sink reports, std::chrono::milliseconds read_delay)
+probe_runtime::probe_runtime(probe_report_sink reports, std::chrono::microseconds shortest_collect_wait)
   : impl_(std::make_unique<impl>()) {
   impl_->report_sink = std::move(reports);
-  impl_->read_delay = std::max(read_delay, std::chrono::milliseconds(1));
+  impl_->min_collect = std::max(shortest_collect_wait, std::chrono::microseconds(100)); // it grows by half
+  impl_->collect_window = std::max(impl_->collect_window, impl_->min_collect);
   impl_->drain_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (impl_->drain_fd < 0)
     throw std::system_error(errno, std::system_category(), "eventfd for the probe runtime");

@@ -16,12 +16,11 @@ public:
   /// Starts the I/O thread. One thread runs every probe: at 10,000 probes a
   /// second it is a fraction of a core, and one thread needs no strands.
   /// Reports of scheduled probes go to `reports`, in batches.
-  /// Scheduled probes' answers are read by the next batch of probes, or
-  /// `read_delay` after their requests went out when no batch comes first
-  /// (default 60 ms, above the 50 ms tick slots of prober.cpp); tests
-  /// lengthen it to leave an answer unread past its deadline.
+  /// `shortest_collect_wait` bounds the drain's wait for a batch's answers
+  /// from below (it adapts up to 20 ms); tests lengthen it to hold the I/O
+  /// thread in a wait.
   explicit probe_runtime(probe_report_sink reports = {},
-                         std::chrono::milliseconds read_delay = std::chrono::milliseconds(60));
+                         std::chrono::microseconds shortest_collect_wait = std::chrono::microseconds(500));
   ~probe_runtime();
   probe_runtime(const probe_runtime&) = delete;
   probe_runtime& operator=(const probe_runtime&) = delete;
