@@ -48,13 +48,11 @@ mg_test::scripted_server::answer_fn healthy_answer() {
   };
 }
 
-/// Connections this process watches for the server's close: entries of an
-/// epoll set registered for EPOLLRDHUP (the probe runtime's watch; asio's
-/// own set never asks for it), read from /proc/self/fdinfo. The client's
-/// side of the watch, which the server cannot see.
-int watched_connections() {
+/// Calls `visit(fd, events)` for every descriptor registered in any epoll
+/// set of this process, as /proc/self/fdinfo lists them.
+template <class Visit>
+void for_each_epoll_registration(Visit visit) {
   namespace fs = std::filesystem;
-  int count = 0;
   for (const auto& entry : fs::directory_iterator("/proc/self/fd")) {
     std::error_code ec;
     if (fs::read_symlink(entry.path(), ec).string() != "anon_inode:[eventpoll]" || ec)
@@ -62,34 +60,35 @@ int watched_connections() {
     std::ifstream info("/proc/self/fdinfo/" + entry.path().filename().string());
     for (std::string line; std::getline(info, line);) {
       auto at = line.find("events:");
-      if (line.rfind("tfd:", 0) == 0 && at != std::string::npos
-          && (std::stoul(line.substr(at + 7), nullptr, 16) & 0x2000) != 0) // EPOLLRDHUP
-        ++count;
+      if (line.rfind("tfd:", 0) == 0 && at != std::string::npos)
+        visit(std::stoi(line.substr(4)), std::stoul(line.substr(at + 7), nullptr, 16));
     }
   }
+}
+
+/// Connections this process watches for the server's close: entries of an
+/// epoll set registered for EPOLLRDHUP (the probe runtime's watch; asio's
+/// own set never asks for it). The client's side of the watch, which the
+/// server cannot see.
+int watched_connections() {
+  int count = 0;
+  for_each_epoll_registration([&](int, unsigned long events) {
+    if ((events & 0x2000) != 0) // EPOLLRDHUP
+      ++count;
+  });
   return count;
 }
 
 /// Sockets of this process registered for input in any of its epoll sets:
 /// asio's reactor registers every socket it holds so, edge-triggered.
 int sockets_watched_for_input() {
-  namespace fs = std::filesystem;
   int count = 0;
-  for (const auto& entry : fs::directory_iterator("/proc/self/fd")) {
+  for_each_epoll_registration([&](int fd, unsigned long events) {
     std::error_code ec;
-    if (fs::read_symlink(entry.path(), ec).string() != "anon_inode:[eventpoll]" || ec)
-      continue;
-    std::ifstream info("/proc/self/fdinfo/" + entry.path().filename().string());
-    for (std::string line; std::getline(info, line);) {
-      auto at = line.find("events:");
-      if (line.rfind("tfd:", 0) != 0 || at == std::string::npos
-          || (std::stoul(line.substr(at + 7), nullptr, 16) & 0x1) == 0) // EPOLLIN
-        continue;
-      auto fd = std::stoi(line.substr(4));
-      if (fs::read_symlink("/proc/self/fd/" + std::to_string(fd), ec).string().rfind("socket:", 0) == 0)
-        ++count;
-    }
-  }
+    auto target = std::filesystem::read_symlink("/proc/self/fd/" + std::to_string(fd), ec);
+    if ((events & 0x1) != 0 && !ec && target.string().rfind("socket:", 0) == 0) // EPOLLIN
+      ++count;
+  });
   return count;
 }
 
