@@ -630,8 +630,10 @@ private:
 
   void start_read() {
     step_ = step::read;
-    // Bytes left after the last response (a stray CRLF, say) are not part
-    // of this one.
+    // Part of a header line left by a probe that ended unanswered is not
+    // part of this answer. (Bytes after a complete response, a stray CRLF
+    // say, are never kept: they stay in the shared buffer, cleared by the
+    // next read.)
     std::string().swap(unparsed_);
     received_ = 0;
     parser_.emplace(body_);
@@ -646,8 +648,9 @@ private:
 
   // A readiness wait, not async_read_some: asio's read first tries a recv
   // at once, which right after the send nearly always fails. (The wait costs
-  // an epoll_ctl instead, so it is only for answers that are not there when
-  // the drain reads.)
+  // two epoll_ctl calls instead, a parked connection going into asio's
+  // reactor and out again when the probe ends, so it is only for answers
+  // that are not there when the drain reads.)
   void wait_readable() {
     beast::error_code ec;
     if (!unpark(ec))

@@ -5,13 +5,14 @@ checked by HAProxy 2.6 (`check inter 1s`) in the same run for comparison.
 
 Run by hand, as root (it installs haproxy if missing):
     python3 tools/bench/probe_scale.py [--sizes 1000,5000,10000] [--seconds 30] [--deaths 3]
-        [--sequential] [--no-haproxy]
+        [--sequential] [--no-haproxy | --only-haproxy]
 
 The CPU comparison with HAProxy (since session 8) alternates windows of the
 two on the same servers, 3 each, --seconds in all per side
 (compare_interleaved): measured minutes apart, as before, the two figures
 compared the machine's drift as much as the programs. --sequential also runs
-HAProxy alone after all modelgated scenarios, the old way.
+HAProxy alone after all modelgated scenarios, the old way. --only-haproxy
+skips modelgated's scenarios (the comparison still runs both).
 
 Reports per scenario: probes/s achieved vs expected, CPU microseconds per
 probe (utime+stime from /proc/PID/stat), p99 lateness of probes against their
@@ -318,17 +319,17 @@ def compare_interleaved(n, seconds, workdir, rounds=3):
     mocks = start_mocks(n)
     daemon = Daemon(workdir)
     daemon.register_all(mocks)
-    daemon.call("POST", "/v1/health-checker/stop")
+    assert daemon.call("POST", "/v1/health-checker/stop")[0] == 200
     cfg = write_haproxy_cfg(mocks, workdir)
     totals = {"modelgated": [0.0, 0], "haproxy": [0.0, 0]}
     windows = []
     for r in range(rounds):
         for side in (("modelgated", "haproxy") if r % 2 == 0 else ("haproxy", "modelgated")):
             if side == "modelgated":
-                daemon.call("POST", "/v1/health-checker/start")
+                assert daemon.call("POST", "/v1/health-checker/start")[0] == 200
                 time.sleep(3)  # probers past their random first ticks
                 cpu, probes, elapsed = measure_window(daemon.proc.pid, mocks, window)
-                daemon.call("POST", "/v1/health-checker/stop")
+                assert daemon.call("POST", "/v1/health-checker/stop")[0] == 200
             else:
                 proc = spawn(["haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -416,6 +417,9 @@ def main():
               f"| {r['rss_mib']:.1f} | {fmt_death(r, 'refused')} | {fmt_death(r, 'killed')} "
               f"| {fmt_death(r, 'hang')} | {r['admin_get_p99_ms']:.1f} |")
     for c in compared:
+        print(f"{c['servers']} servers, interleaved: modelgated {c['cpu_us_per_probe']:.1f} µs/probe, "
+              f"HAProxy {c['haproxy_cpu_us_per_check']:.1f} µs/check, ratio "
+              + (f"{c['ratio']:.2f}" if c["ratio"] else "-"))
         print(f"{c['servers']} servers, windows: " + ", ".join(
             f"{w['side']} {w['cpu_us_per_probe']:.1f} ({w['probes_per_s']:.0f}/s)" for w in c["windows"]))
     if ha:
