@@ -630,10 +630,11 @@ private:
 
   void start_read() {
     step_ = step::read;
-    // Part of a header line left by a probe that ended unanswered is not
-    // part of this answer. (Bytes after a complete response, a stray CRLF
-    // say, are never kept: they stay in the shared buffer, cleared by the
-    // next read.)
+    // Part of a header line left by a probe that ended unanswered (or by a
+    // failed try on a reused connection) is not part of this answer; this is
+    // the one place it is dropped. (Bytes after a complete response, a stray
+    // CRLF say, are never kept: they stay in the shared buffer, cleared by
+    // the next read.)
     std::string().swap(unparsed_);
     received_ = 0;
     parser_.emplace(body_);
@@ -796,7 +797,6 @@ private:
     if (reused_) {
       reused_ = false;
       close_socket();
-      std::string().swap(unparsed_);
       return do_resolve();
     }
     finish_error(kind, std::move(message));
@@ -813,7 +813,6 @@ private:
 
   void finish_error(const char* kind, std::string message) {
     close_socket();
-    std::string().swap(unparsed_);
     probe_outcome out;
     out.error_kind = kind;
     out.error = std::move(message);

@@ -225,23 +225,18 @@ def run_modelgate(n, seconds, hang_share, workdir, deaths=3):
     reg_seconds = time.time() - t
     time.sleep(2.5)  # every prober past its random first tick
     _, before = daemon.call("GET", "/v1/health-checker")
-    h0 = sum(m.health_requests() for m in mocks)  # ground truth: what the servers saw
-    cpu0, t0 = cpu_seconds(daemon.proc.pid), time.time()
-    time.sleep(seconds)
-    cpu1, t1 = cpu_seconds(daemon.proc.pid), time.time()
-    h1 = sum(m.health_requests() for m in mocks)
+    # Probes counted by the mocks: ground truth, what the servers saw.
+    cpu, probes, elapsed = measure_window(daemon.proc.pid, mocks, seconds)
     _, after = daemon.call("GET", "/v1/health-checker")
     # Admin latency while probing goes on, after the CPU window so that its
     # requests do not count as probe CPU.
     admin_ms = admin_latencies(daemon.port, ids, time.time() + 10)
-    probes = h1 - h0
     applied = after["checks_total"] - before["checks_total"]
-    elapsed = t1 - t0
     result = {
         "servers": n, "hanging": hang,
         "expected_per_s": n, "probes_per_s": probes / elapsed,
         "results_applied_per_s": applied / elapsed,
-        "cpu_us_per_probe": (cpu1 - cpu0) * 1e6 / max(probes, 1),
+        "cpu_us_per_probe": cpu * 1e6 / max(probes, 1),
         "lateness_p99_ms": after.get("probe_lateness_p99_ms"),
         "lateness_max_ms": after.get("probe_lateness_max_ms"),
         "rss_mib": rss_kib(daemon.proc.pid) / 1024,
@@ -290,12 +285,17 @@ def measure_window(pid, mocks, seconds):
     return cpu1 - cpu0, h1 - h0, t1 - t0
 
 
+def start_haproxy(cfg):
+    proc = spawn(["haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
+    time.sleep(3)  # HAProxy spreads the first checks over the interval
+    return proc
+
+
 def run_haproxy(n, seconds, workdir):
     mocks = start_mocks(n)
     cfg = write_haproxy_cfg(mocks, workdir)
-    proc = spawn(["haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    time.sleep(3)  # HAProxy spreads the first checks over the interval
+    proc = start_haproxy(cfg)
     cpu, checks, elapsed = measure_window(proc.pid, mocks, seconds)
     rss = rss_kib(proc.pid) / 1024
     proc.terminate()
@@ -331,9 +331,7 @@ def compare_interleaved(n, seconds, workdir, rounds=3):
                 cpu, probes, elapsed = measure_window(daemon.proc.pid, mocks, window)
                 assert daemon.call("POST", "/v1/health-checker/stop")[0] == 200
             else:
-                proc = spawn(["haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-                time.sleep(3)  # HAProxy spreads the first checks over the interval
+                proc = start_haproxy(cfg)
                 cpu, probes, elapsed = measure_window(proc.pid, mocks, window)
                 proc.terminate()
                 proc.wait(10)
