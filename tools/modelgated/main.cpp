@@ -15,6 +15,7 @@
 #include "actors/scheduler.hpp"
 #include "protocol/http_server.hpp"
 #include "protocol/log.hpp"
+#include "tools/modelgated/heap_pages.hpp"
 #include "tools/modelgated/options.hpp"
 
 namespace {
@@ -42,6 +43,7 @@ int run(const mg::modelgate_config& cfg) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
+  mg::heap_huge_pages huge_pages; // outlives every thread that allocates
 
   caf::actor_system_config sys_cfg;
   // Two workers run the supervisor, the probers and the router; the
