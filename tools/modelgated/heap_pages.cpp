@@ -2,8 +2,11 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 
 #include <fstream>
@@ -36,9 +39,7 @@ uintptr_t round_up(uintptr_t x, uintptr_t to) {
 }
 
 // `statm` is /proc/self/statm, kept open: a plain pread, not a stream or a
-// path lookup, since this runs on every check, and on this kind of machine
-// each page of code or data first touched after seconds of idleness can
-// cost a stall of 100 µs or more.
+// path lookup, since this runs on every check.
 int64_t resident_bytes(int statm) {
   char text[128];
   auto n = ::pread(statm, text, sizeof text - 1, 0);
@@ -90,29 +91,33 @@ std::vector<memory_mapping> parse_memory_maps(const std::string& maps_text) {
   return out;
 }
 
-std::vector<address_range> heap_regions(const std::vector<memory_mapping>& maps) {
+std::optional<arena_heap_header> read_own_header(uintptr_t address) {
+  arena_heap_header header;
+  iovec local{&header, sizeof header};
+  iovec remote{reinterpret_cast<void*>(address), sizeof header};
+  if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != static_cast<ssize_t>(sizeof header))
+    return std::nullopt;
+  return header;
+}
+
+std::vector<address_range> heap_regions(const std::vector<memory_mapping>& maps,
+                                        const header_reader& read) {
   std::vector<address_range> out;
-  for (size_t i = 0; i < maps.size(); ++i) {
-    const auto& m = maps[i];
+  auto page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  for (const auto& m : maps) {
     if (m.perms != "rw-p" || !m.anonymous)
       continue;
     if (m.name == "[heap]") {
       out.push_back({m.start, m.end});
       continue;
     }
-    if (m.start % arena_heap_size != 0)
-      continue;
-    // An arena heap: its usable part, then (unless it is all in use) the
-    // PROT_NONE rest of its 64 MiB. Several heaps in use may have merged.
-    auto reserved_end = round_up(m.end, arena_heap_size);
-    if (m.end == reserved_end) {
-      out.push_back({m.start, m.end});
-      continue;
-    }
-    if (i + 1 < maps.size()) {
-      const auto& rest = maps[i + 1];
-      if (rest.perms == "---p" && rest.anonymous && rest.start == m.end && rest.end == reserved_end)
-        out.push_back({m.start, reserved_end});
+    // Heaps in use next to each other may share one mapping.
+    for (auto base = round_up(m.start, arena_heap_size); base < m.end; base += arena_heap_size) {
+      auto h = read(base);
+      if (!h || h->arena == 0 || h->pagesize != page || h->size == 0 ||
+          h->size > h->mprotect_size || h->mprotect_size > arena_heap_size)
+        continue;
+      out.push_back({base, std::min<uintptr_t>(base + h->size, m.end)});
     }
   }
   return out;
@@ -128,31 +133,58 @@ std::string transparent_huge_page_mode() {
   return text.substr(open + 1, close - open - 1);
 }
 
-huge_page_pass advise_heap_huge_pages() {
+bool kernel_collapses_huge_pages() {
+  auto size = 2 * huge_page_size;
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
+    return false;
+  auto* block = reinterpret_cast<char*>(round_up(reinterpret_cast<uintptr_t>(p), huge_page_size));
+  block[0] = 1;
+  int rc = madvise(block, huge_page_size, MADV_COLLAPSE);
+  if (rc != 0 && errno == EAGAIN) // a page briefly busy: once more
+    rc = madvise(block, huge_page_size, MADV_COLLAPSE);
+  munmap(p, size);
+  return rc == 0;
+}
+
+int64_t anon_huge_page_kib_at(uintptr_t address) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  constexpr std::string_view key = "AnonHugePages:";
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    auto dash = line.find('-');
+    auto space = line.find(' ');
+    if (dash != std::string::npos && space != std::string::npos && dash < space &&
+        line.find(':') > space) { // a mapping's first line, not "Key: value"
+      auto start = std::stoull(line.substr(0, dash), nullptr, 16);
+      auto end = std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16);
+      inside = start <= address && address < end;
+    } else if (inside && line.compare(0, key.size(), key) == 0) {
+      return std::stoll(line.substr(key.size()));
+    }
+  }
+  return 0;
+}
+
+huge_page_pass collapse_heap_huge_pages() {
   huge_page_pass pass;
-  auto maps = parse_memory_maps(read_file("/proc/self/maps"));
-  // smaps_rollup walks every page table of the process: only for the log.
-  bool counting = log_enabled(log_level::debug);
-  auto before = counting ? anon_huge_page_kib() : 0;
-  for (const auto& region : heap_regions(maps)) {
-    auto* start = reinterpret_cast<void*>(region.start);
-    if (madvise(start, region.end - region.start, MADV_HUGEPAGE) != 0)
+  if (transparent_huge_page_mode() == "never")
+    return pass; // MADV_COLLAPSE would not ask; the administrator has
+  for (const auto& region : heap_regions(parse_memory_maps(read_file("/proc/self/maps")),
+                                         read_own_header)) {
+    // Whole huge pages only: a partial one at either end cannot collapse.
+    auto first = round_up(region.start, huge_page_size);
+    auto last = region.end / huge_page_size * huge_page_size;
+    if (last <= first)
       continue;
     ++pass.regions;
-    // Only the part in use, in whole huge pages: the PROT_NONE rest has no
-    // pages, and a partial huge page at the end cannot be collapsed.
-    uintptr_t used_end = region.end;
-    for (const auto& m : maps)
-      if (m.start == region.start)
-        used_end = m.end;
-    auto first = round_up(region.start, huge_page_size);
-    auto last = used_end / huge_page_size * huge_page_size;
-    if (last > first)
-      (void)madvise(reinterpret_cast<void*>(first), last - first, MADV_COLLAPSE);
+    // Errors are per pass, not fatal: EAGAIN (a page busy), ENOMEM (no
+    // huge page free), EINVAL (a block with nothing in it yet). The next
+    // pass tries again.
+    if (madvise(reinterpret_cast<void*>(first), last - first, MADV_COLLAPSE) == 0)
+      ++pass.collapsed;
   }
-  auto after = counting ? anon_huge_page_kib() : 0;
-  if (after > before)
-    pass.bytes_collapsed = static_cast<size_t>(after - before) << 10;
   return pass;
 }
 
@@ -160,6 +192,12 @@ heap_huge_pages::heap_huge_pages() {
   auto mode = transparent_huge_page_mode();
   if (mode == "never") {
     log(log_level::info, "heap stays in 4 KiB pages: transparent huge pages are off",
+        {{"thp_mode", mode}});
+    return;
+  }
+  if (!kernel_collapses_huge_pages()) {
+    log(log_level::info, "heap stays in 4 KiB pages: the kernel cannot collapse memory "
+                         "into huge pages (MADV_COLLAPSE, Linux 6.1)",
         {{"thp_mode", mode}});
     return;
   }
@@ -179,31 +217,32 @@ heap_huge_pages::~heap_huge_pages() {
 void heap_huge_pages::run() {
   pthread_setname_np(pthread_self(), "mg.hugepages");
   int statm = ::open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-  int64_t advised_at = -1; // resident bytes after the last pass
-  // Checked every second while memory grows (a burst of registrations is in
-  // huge pages about a second after its end), then less and less often, up
-  // to every 16 s: a wake-up of an idle thread is not free.
+  int64_t passed_at = -1; // resident bytes after the last pass
   auto period = std::chrono::seconds(1);
   std::unique_lock<std::mutex> lock(mx_);
   while (!stop_) {
     auto resident = resident_bytes(statm);
-    if (resident < advised_at)
-      advised_at = resident; // memory given back: growth counts from here
-    if (advised_at < 0 || resident >= advised_at + static_cast<int64_t>(huge_page_size)) {
+    if (resident < passed_at)
+      passed_at = resident; // memory given back: growth counts from here
+    if (passed_at < 0 || resident >= passed_at + static_cast<int64_t>(huge_page_size)) {
       lock.unlock();
-      auto pass = advise_heap_huge_pages();
-      advised_at = resident_bytes(statm);
-      if (log_enabled(log_level::debug))
-        log(log_level::debug, "heap advised for huge pages",
-          {{"regions", pass.regions},
-           {"collapsed_kib", pass.bytes_collapsed >> 10},
-           {"resident_kib", advised_at >> 10},
-           {"huge_kib", anon_huge_page_kib()}});
+      auto pass = collapse_heap_huge_pages();
+      passed_at = resident_bytes(statm);
+      if (log_enabled(log_level::debug)) // smaps_rollup walks every page table
+        log(log_level::debug, "heap collapsed into huge pages",
+            {{"regions", pass.regions},
+             {"collapsed", pass.collapsed},
+             {"resident_kib", passed_at >> 10},
+             {"huge_kib", anon_huge_page_kib()}});
       lock.lock();
       period = std::chrono::seconds(1);
     } else {
+      // A wake-up of an idle thread is not free (a few milliseconds of CPU
+      // each on this machine): less often while nothing grows.
       period = std::min(period * 2, std::chrono::seconds(16));
     }
+    if (statm < 0)
+      break; // no way to see growth: the first pass is the only one
     cv_.wait_for(lock, period, [this] { return stop_; });
   }
   if (statm >= 0)

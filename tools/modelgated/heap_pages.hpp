@@ -2,29 +2,34 @@
 //
 // At 10,000 servers every tick of every prober touches a few cache lines in
 // each of its objects (the CAF actor, its mailbox element, its behaviour,
-// the probe client, the registry's record), and those objects lie scattered
-// over tens of megabytes of 4 KiB pages that go cold between one tick and
-// the next. Each first touch is then a TLB miss, and in a virtual machine a
-// TLB miss walks two sets of page tables. With the heap in 2 MiB pages the
-// same memory is a few dozen TLB entries: at 10,000 servers that cut the
-// CPU per probe by about a quarter (docs/benchmarks.md, session 9).
+// the probe client, the registry's record), scattered over tens of
+// megabytes of 4 KiB pages that go cold between one tick and the next. With
+// malloc's heaps in 2 MiB pages instead, the CPU per probe fell by a quarter
+// at 10,000 servers and by a fifth at 1,000 (docs/benchmarks.md, session 9).
+// We take the reason to be fewer TLB misses, each dearer in a virtual
+// machine (two levels of page tables to walk), and fewer pages for the host
+// to take back; the A/B measured the effect, not the mechanism.
 //
 // glibc's malloc does not ask for huge pages by itself (its
-// glibc.malloc.hugetlb tunable must be set in the environment before the
+// glibc.malloc.hugetlb tunable must be in the environment before the
 // program starts, and even then skips the small steps arenas grow by), so
-// modelgated asks the kernel for them: madvise(MADV_HUGEPAGE) on malloc's
-// heaps, so that khugepaged and new faults use huge pages, and
-// madvise(MADV_COLLAPSE) (Linux 6.1 and later) to turn what is already
-// there into huge pages at once. Only where the system's THP mode is
-// "madvise" or "always": with "never" nothing is asked. Thread stacks and
-// other mappings are left alone.
+// modelgated asks the kernel: madvise(MADV_COLLAPSE) (Linux 6.1 and later)
+// over the part of each heap that malloc uses, at start and after the
+// process's memory has grown. Nothing else is asked: no MADV_HUGEPAGE, so no
+// page fault waits on compaction, and no khugepaged filling. Not when the
+// system's THP mode is "never" (MADV_COLLAPSE itself would ignore it), and
+// not on a kernel that cannot collapse. Thread stacks, files and other
+// mappings are left alone. A collapse fills the pages of a 2 MiB block that
+// malloc has not touched yet, so resident memory may grow by up to that
+// much per heap.
 #pragma once
 
-#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,38 +47,66 @@ struct memory_mapping {
 
 std::vector<memory_mapping> parse_memory_maps(const std::string& maps_text);
 
-/// The address ranges of malloc's heaps among `maps`: the main heap
-/// ("[heap]") and every arena heap (an anonymous mapping that starts on a
-/// 64 MiB boundary, glibc's HEAP_MAX_SIZE, with its reserved PROT_NONE
-/// rest up to the next boundary, so the flag follows the heap as it grows).
-/// Thread stacks never start on such a boundary: their guard page comes
-/// first.
+/// The header glibc (2.35 and later) puts at the start of each arena heap,
+/// an aligned 64 MiB reservation (HEAP_MAX_SIZE): malloc_state* ar_ptr,
+/// heap_info* prev, size_t size, mprotect_size, pagesize.
+struct arena_heap_header {
+  uintptr_t arena = 0;
+  uintptr_t prev = 0;
+  uint64_t size = 0;          // in use by malloc, from the heap's start
+  uint64_t mprotect_size = 0; // made readable and writable
+  uint64_t pagesize = 0;
+};
+
+/// Reads the header at an address; nullopt if it is not readable.
+using header_reader = std::function<std::optional<arena_heap_header>(uintptr_t)>;
+
+/// Reads this process's memory without faulting (process_vm_readv).
+std::optional<arena_heap_header> read_own_header(uintptr_t address);
+
 struct address_range {
   uintptr_t start = 0;
   uintptr_t end = 0;
 };
-std::vector<address_range> heap_regions(const std::vector<memory_mapping>& maps);
+
+/// The parts of malloc's heaps in use, among `maps`: the main heap
+/// ("[heap]"), and every arena heap, found at a 64 MiB boundary inside an
+/// anonymous read-write mapping where a plausible header lies (arena set,
+/// this page size, size <= mprotect_size <= 64 MiB); a stack or another
+/// mapping that happens to start on a boundary has none. The range ends at
+/// the header's size, within the mapping.
+std::vector<address_range> heap_regions(const std::vector<memory_mapping>& maps,
+                                        const header_reader& read);
 
 /// The system's THP mode: "always", "madvise" or "never" (also when the
 /// kernel has no THP).
 std::string transparent_huge_page_mode();
 
-/// This process's anonymous memory in huge pages (/proc/self/smaps_rollup).
+/// Whether this kernel can collapse anonymous memory into a huge page
+/// (MADV_COLLAPSE, Linux 6.1): tried once on a scratch mapping.
+bool kernel_collapses_huge_pages();
+
+/// This process's anonymous memory in huge pages: all of it
+/// (/proc/self/smaps_rollup), or that of the mapping holding `address`
+/// (/proc/self/smaps).
 int64_t anon_huge_page_kib();
+int64_t anon_huge_page_kib_at(uintptr_t address);
 
 struct huge_page_pass {
-  size_t regions = 0;         // heap regions advised
-  size_t bytes_collapsed = 0; // turned into huge pages by this pass (counted
-                              // only when DEBUG lines are logged)
+  size_t regions = 0;   // heap ranges asked to collapse
+  size_t collapsed = 0; // of those, collapsed whole (or already huge)
 };
 
-/// Advises every heap region of this process and collapses what is there.
-huge_page_pass advise_heap_huge_pages();
+/// Collapses the heap ranges of this process into huge pages; nothing when
+/// the THP mode is "never".
+huge_page_pass collapse_heap_huge_pages();
 
-/// A thread that runs advise_heap_huge_pages at start and then whenever the
-/// process's resident memory has grown by a huge page or more since the last
-/// pass (checked every second after a pass, backing off to every 16 s while
-/// nothing grows). Does nothing when the THP mode is "never".
+/// A thread that runs collapse_heap_huge_pages at start and then whenever
+/// the process's resident memory has grown by a huge page or more since the
+/// last pass: checked every second after a pass, backing off to every 16 s
+/// while nothing grows (a burst of registrations after a quiet spell is in
+/// huge pages within 16 s). Not started when the THP mode is "never" or
+/// the kernel cannot collapse; logs why at INFO.
 class heap_huge_pages {
 public:
   heap_huge_pages();
