@@ -12,7 +12,7 @@
 // bimodal (docs/benchmarks.md).
 //
 // Built with the tests (build/bin/cold_touch); run by hand:
-//     build/bin/cold_touch [pages (1000)] [gap-ms (1000)] [seconds (6)] [read|write]
+//     build/bin/cold_touch [pages (1000)] [gap-ms (1000)] [seconds (6)] [read|write] [small|huge]
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -29,18 +29,25 @@ int main(int argc, char** argv) {
   long gap_ms = argc > 2 ? std::atol(argv[2]) : 1000;
   long seconds = argc > 3 ? std::atol(argv[3]) : 6;
   bool write = argc > 4 && std::strcmp(argv[4], "write") == 0;
+  bool huge = argc > 5 && std::strcmp(argv[5], "huge") == 0;
   if (pages < 1 || gap_ms < 0 || seconds < 1) {
     std::fprintf(stderr, "usage: cold_touch [pages >= 1] [gap-ms >= 0] [seconds >= 1] [read|write]\n");
     return 2;
   }
   constexpr size_t page = 4096;
-  auto* mem = static_cast<volatile uint64_t*>(mmap(nullptr, pages * page, PROT_READ | PROT_WRITE,
-                                                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-  if (mem == MAP_FAILED) {
+  constexpr size_t huge_page = size_t{2} << 20;
+  auto* area = static_cast<char*>(mmap(nullptr, pages * page + huge_page, PROT_READ | PROT_WRITE,
+                                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (area == MAP_FAILED) {
     std::perror("mmap");
     return 1;
   }
-  madvise(const_cast<uint64_t*>(mem), pages * page, MADV_NOHUGEPAGE); // 4 KiB pages, as malloc's
+  // 4 KiB pages, as malloc's by default; or, with `huge`, 2 MiB pages, as
+  // modelgated's heap since session 9.
+  auto* aligned = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(area) + huge_page - 1) /
+                                          huge_page * huge_page);
+  auto* mem = reinterpret_cast<volatile uint64_t*>(aligned);
+  madvise(aligned, pages * page, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
   std::mt19937_64 rng(42); // unique content: no page can be merged with another
   for (size_t i = 0; i < pages * page / sizeof(uint64_t); ++i)
     mem[i] = rng();
@@ -68,8 +75,8 @@ int main(int argc, char** argv) {
   }
   auto us = [](clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
   std::printf("%ld pages, %s one line of each every %ld ms for %ld s: %.2f us per touch; "
-              "%.1f stalls over 20 us a second (%.2f %% of touches, %.1f ms of CPU a second)%s\n",
+              "%.1f stalls over 20 us a second (%.2f %% of touches, %.1f ms of CPU a second)%s%s\n",
               pages, write ? "writing" : "reading", gap_ms, seconds, us(total) / touches,
               double(stalls) / seconds, 100.0 * stalls / touches, us(stalled) / 1000 / seconds,
-              sink == 42 ? " " : "");
+              sink == 42 ? " " : "", huge ? " [2 MiB pages]" : "");
 }

@@ -214,6 +214,16 @@ heap_huge_pages::~heap_huge_pages() {
     thread_.join();
 }
 
+void heap_huge_pages::nudge() {
+  if (!backed_off_.exchange(false, std::memory_order_relaxed))
+    return; // checking every second already, or nudged since it backed off
+  {
+    std::lock_guard<std::mutex> guard(mx_);
+    nudged_ = true;
+  }
+  cv_.notify_one();
+}
+
 void heap_huge_pages::run() {
   pthread_setname_np(pthread_self(), "mg.hugepages");
   int statm = ::open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
@@ -243,7 +253,13 @@ void heap_huge_pages::run() {
     }
     if (statm < 0)
       break; // no way to see growth: the first pass is the only one
-    cv_.wait_for(lock, period, [this] { return stop_; });
+    backed_off_.store(period > std::chrono::seconds(1), std::memory_order_relaxed);
+    cv_.wait_for(lock, period, [this] { return stop_ || nudged_; });
+    if (nudged_) {
+      nudged_ = false;
+      period = std::chrono::seconds(1);
+      cv_.wait_for(lock, period, [this] { return stop_; }); // let the growth happen
+    }
   }
   if (statm >= 0)
     ::close(statm);

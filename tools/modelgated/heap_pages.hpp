@@ -24,6 +24,7 @@
 // much per heap.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -103,10 +104,9 @@ huge_page_pass collapse_heap_huge_pages();
 
 /// A thread that runs collapse_heap_huge_pages at start and then whenever
 /// the process's resident memory has grown by a huge page or more since the
-/// last pass: checked every second after a pass, backing off to every 16 s
-/// while nothing grows (a burst of registrations after a quiet spell is in
-/// huge pages within 16 s). Not started when the THP mode is "never" or
-/// the kernel cannot collapse; logs why at INFO.
+/// last pass: checked every second after a pass or a nudge, backing off to
+/// every 16 s while nothing grows. Not started when the THP mode is "never"
+/// or the kernel cannot collapse; logs why at INFO.
 class heap_huge_pages {
 public:
   heap_huge_pages();
@@ -114,12 +114,19 @@ public:
   heap_huge_pages(const heap_huge_pages&) = delete;
   heap_huge_pages& operator=(const heap_huge_pages&) = delete;
 
+  /// Memory may be about to grow (servers registered, probing started):
+  /// back to checking every second. Cheap from any thread; wakes the
+  /// thread at most once per backing off.
+  void nudge();
+
 private:
   void run();
 
   std::mutex mx_;
   std::condition_variable cv_;
   bool stop_ = false;
+  bool nudged_ = false;
+  std::atomic<bool> backed_off_{false}; // checking less often than every second
   std::thread thread_;
 };
 

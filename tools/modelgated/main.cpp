@@ -75,7 +75,13 @@ int run(const mg::modelgate_config& cfg) {
     http_opts.max_connections = cfg.max_connections;
     http_opts.busy_poll = std::chrono::microseconds(cfg.busy_poll_us);
     http_opts.body_limit = body_limit_of;
-    mg::http_server server{http_opts, [handles](std::shared_ptr<mg::http_exchange> ex) {
+    mg::http_server server{http_opts, [handles, &huge_pages](std::shared_ptr<mg::http_exchange> ex) {
+                             // Registrations and a start of probing make probers,
+                             // clients and records: memory to put in huge pages.
+                             const auto& req = ex->request();
+                             if (req.method != "GET" && (req.path.rfind("/v1/servers", 0) == 0 ||
+                                                         req.path == "/v1/health-checker/start"))
+                               huge_pages.nudge();
                              mg::dispatch_http(handles, std::move(ex));
                            }};
     bool listening = false;
