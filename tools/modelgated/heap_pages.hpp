@@ -62,7 +62,7 @@ struct arena_heap_header {
 /// Reads the header at an address; nullopt if it is not readable.
 using header_reader = std::function<std::optional<arena_heap_header>(uintptr_t)>;
 
-/// Reads this process's memory without faulting (process_vm_readv).
+/// Reads this process's memory without faulting (/proc/self/mem).
 std::optional<arena_heap_header> read_own_header(uintptr_t address);
 
 struct address_range {
