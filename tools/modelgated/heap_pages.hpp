@@ -4,11 +4,12 @@
 // each of its objects (the CAF actor, its mailbox element, its behaviour,
 // the probe client, the registry's record), scattered over tens of
 // megabytes of 4 KiB pages that go cold between one tick and the next. With
-// malloc's heaps in 2 MiB pages instead, the CPU per probe fell by a quarter
-// at 10,000 servers and by a fifth at 1,000 (docs/benchmarks.md, session 9).
-// We take the reason to be fewer TLB misses, each dearer in a virtual
-// machine (two levels of page tables to walk), and fewer pages for the host
-// to take back; the A/B measured the effect, not the mechanism.
+// malloc's heaps in 2 MiB pages instead, the CPU per probe fell by about a
+// sixth at 10,000 servers (18.3 to 15.3 µs; at 1,000 servers the change was
+// within the noise: docs/benchmarks.md, session 9). We take the reason to
+// be fewer TLB misses, each dearer in a virtual machine, and fewer stalls
+// from below the guest (a third fewer in build/bin/cold_touch); the A/B
+// measured the effect, not the mechanism.
 //
 // glibc's malloc does not ask for huge pages by itself (its
 // glibc.malloc.hugetlb tunable must be in the environment before the
