@@ -29,14 +29,20 @@ TEST_CASE("heap regions are the main heap and malloc's arena heaps, not stacks o
     // start on a 64 MiB boundary
     "7f258ffff000-7f2590000000 ---p 00000000 00:00 0 \n"
     "7f2590000000-7f2590800000 rw-p 00000000 00:00 0 \n"
+    // a heap whose mapping starts below its boundary (a large chunk mmapped
+    // just under it merged with it) and ends before the header's size
+    "7f2593000000-7f2596000000 rw-p 00000000 00:00 0 \n"
+    // two boundaries whose bytes are no plausible header
+    "7f2598000000-7f2599000000 rw-p 00000000 00:00 0 \n"
+    "7f259c000000-7f259d000000 rw-p 00000000 00:00 0 \n"
     // a file mapping on a boundary
     "7f25a0000000-7f25a0100000 rw-p 00000000 fe:01 77 /var/lib/modelgate/db-shm\n"
     "not a line\n");
-  REQUIRE(maps.size() == 8);
+  REQUIRE(maps.size() == 11);
   CHECK(maps[1].name == "[heap]");
   CHECK(maps[1].anonymous);
   CHECK(maps[3].perms == "---p");
-  CHECK_FALSE(maps[7].anonymous);
+  CHECK_FALSE(maps[10].anonymous);
 
   // glibc's headers where the heaps start; the stack's first bytes are not
   // one (no arena), and nobody reads the file.
@@ -46,6 +52,9 @@ TEST_CASE("heap regions are the main heap and malloc's arena heaps, not stacks o
     {0x7f2584000000, {0x7f2584000020, 0, 0x4000000, 0x4000000, page}},
     {0x7f2588000000, {0x7f2584000020, 0x7f2584000000, 0x1000000, 0x4000000, page}},
     {0x7f2590000000, {0, 0x7f2590001000, 0, 0, 0}},
+    {0x7f2594000000, {0x7f2594000020, 0, 0x3000000, 0x3000000, page}},
+    {0x7f2598000000, {0x7f2598000020, 0, 0x2000000, 0x1000000, page}}, // size > mprotect_size
+    {0x7f259c000000, {0x7f259c000020, 0, 0x1000000, 0x1000000, page * 16}}, // another page size
   };
   std::vector<uintptr_t> read;
   auto regions = heap_regions(maps, [&](uintptr_t at) -> std::optional<arena_heap_header> {
@@ -56,8 +65,9 @@ TEST_CASE("heap regions are the main heap and malloc's arena heaps, not stacks o
     return it->second;
   });
   CHECK(read == std::vector<uintptr_t>{0x7f257c000000, 0x7f2584000000, 0x7f2588000000,
-                                       0x7f2590000000});
-  REQUIRE(regions.size() == 4);
+                                       0x7f2590000000, 0x7f2594000000, 0x7f2598000000,
+                                       0x7f259c000000});
+  REQUIRE(regions.size() == 5);
   CHECK(regions[0].start == 0x55d0c1e4e000);
   CHECK(regions[0].end == 0x55d0c2a6f000);
   CHECK(regions[1].start == 0x7f257c000000);
@@ -66,6 +76,8 @@ TEST_CASE("heap regions are the main heap and malloc's arena heaps, not stacks o
   CHECK(regions[2].end == 0x7f2588000000);
   CHECK(regions[3].start == 0x7f2588000000);
   CHECK(regions[3].end == 0x7f2589000000); // the header's size, not the mapping's end
+  CHECK(regions[4].start == 0x7f2594000000);
+  CHECK(regions[4].end == 0x7f2596000000); // the mapping's end, not the header's size
 }
 
 TEST_CASE("a pass turns a thread's arena into huge pages where the system allows them") {

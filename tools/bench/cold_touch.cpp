@@ -31,12 +31,14 @@ int main(int argc, char** argv) {
   bool write = argc > 4 && std::strcmp(argv[4], "write") == 0;
   bool huge = argc > 5 && std::strcmp(argv[5], "huge") == 0;
   if (pages < 1 || gap_ms < 0 || seconds < 1) {
-    std::fprintf(stderr, "usage: cold_touch [pages >= 1] [gap-ms >= 0] [seconds >= 1] [read|write]\n");
+    std::fprintf(stderr, "usage: cold_touch [pages >= 1] [gap-ms >= 0] [seconds >= 1] [read|write] [small|huge]\n");
     return 2;
   }
   constexpr size_t page = 4096;
   constexpr size_t huge_page = size_t{2} << 20;
-  auto* area = static_cast<char*>(mmap(nullptr, pages * page + huge_page, PROT_READ | PROT_WRITE,
+  // In whole huge pages, so that every page touched is in one.
+  size_t length = (pages * page + huge_page - 1) / huge_page * huge_page;
+  auto* area = static_cast<char*>(mmap(nullptr, length + huge_page, PROT_READ | PROT_WRITE,
                                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   if (area == MAP_FAILED) {
     std::perror("mmap");
@@ -47,7 +49,7 @@ int main(int argc, char** argv) {
   auto* aligned = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(area) + huge_page - 1) /
                                           huge_page * huge_page);
   auto* mem = reinterpret_cast<volatile uint64_t*>(aligned);
-  madvise(aligned, pages * page, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+  madvise(aligned, length, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE); // `huge` needs THP madvise/always
   std::mt19937_64 rng(42); // unique content: no page can be merged with another
   for (size_t i = 0; i < pages * page / sizeof(uint64_t); ++i)
     mem[i] = rng();

@@ -59,7 +59,7 @@ int64_t anon_huge_page_kib() {
   constexpr std::string_view key = "AnonHugePages:";
   while (std::getline(rollup, line))
     if (line.compare(0, key.size(), key) == 0)
-      return std::stoll(line.substr(key.size()));
+      return std::strtoll(line.c_str() + key.size(), nullptr, 10);
   return 0;
 }
 
@@ -90,6 +90,19 @@ std::vector<memory_mapping> parse_memory_maps(const std::string& maps_text) {
   return out;
 }
 
+namespace {
+
+std::optional<arena_heap_header> read_header(int mem, uintptr_t address) {
+  arena_heap_header header;
+  static_assert(sizeof(off_t) == 8, "user addresses as /proc/self/mem offsets");
+  auto n = ::pread(mem, &header, sizeof header, static_cast<off_t>(address));
+  if (n != static_cast<ssize_t>(sizeof header))
+    return std::nullopt;
+  return header;
+}
+
+} // namespace
+
 std::optional<arena_heap_header> read_own_header(uintptr_t address) {
   // Through /proc/self/mem, which answers EIO where nothing is mapped: a
   // heap may be unmapped between reading the maps and here. Not
@@ -97,11 +110,8 @@ std::optional<arena_heap_header> read_own_header(uintptr_t address) {
   int mem = ::open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
   if (mem < 0)
     return std::nullopt;
-  arena_heap_header header;
-  auto n = ::pread(mem, &header, sizeof header, static_cast<off_t>(address));
+  auto header = read_header(mem, address);
   ::close(mem);
-  if (n != static_cast<ssize_t>(sizeof header))
-    return std::nullopt;
   return header;
 }
 
@@ -146,10 +156,12 @@ bool kernel_collapses_huge_pages() {
   auto* block = reinterpret_cast<char*>(round_up(reinterpret_cast<uintptr_t>(p), huge_page_size));
   block[0] = 1;
   int rc = madvise(block, huge_page_size, MADV_COLLAPSE);
-  if (rc != 0 && errno == EAGAIN) // a page briefly busy: once more
-    rc = madvise(block, huge_page_size, MADV_COLLAPSE);
+  int error = rc == 0 ? 0 : errno;
   munmap(p, size);
-  return rc == 0;
+  // EINVAL: no MADV_COLLAPSE (before Linux 6.1) or no THP in the kernel;
+  // EPERM: a seccomp filter. ENOMEM or EAGAIN (no huge page free just now,
+  // a page busy) say it can, later.
+  return error != EINVAL && error != EPERM;
 }
 
 int64_t anon_huge_page_kib_at(uintptr_t address) {
@@ -162,11 +174,11 @@ int64_t anon_huge_page_kib_at(uintptr_t address) {
     auto space = line.find(' ');
     if (dash != std::string::npos && space != std::string::npos && dash < space &&
         line.find(':') > space) { // a mapping's first line, not "Key: value"
-      auto start = std::stoull(line.substr(0, dash), nullptr, 16);
-      auto end = std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16);
+      auto start = std::strtoull(line.c_str(), nullptr, 16);
+      auto end = std::strtoull(line.c_str() + dash + 1, nullptr, 16);
       inside = start <= address && address < end;
     } else if (inside && line.compare(0, key.size(), key) == 0) {
-      return std::stoll(line.substr(key.size()));
+      return std::strtoll(line.c_str() + key.size(), nullptr, 10);
     }
   }
   return 0;
@@ -176,8 +188,14 @@ huge_page_pass collapse_heap_huge_pages() {
   huge_page_pass pass;
   if (transparent_huge_page_mode() == "never")
     return pass; // MADV_COLLAPSE would not ask; the administrator has
-  for (const auto& region : heap_regions(parse_memory_maps(read_file("/proc/self/maps")),
-                                         read_own_header)) {
+  int mem = ::open("/proc/self/mem", O_RDONLY | O_CLOEXEC); // one for the pass
+  auto regions = heap_regions(parse_memory_maps(read_file("/proc/self/maps")),
+                              [mem](uintptr_t at) -> std::optional<arena_heap_header> {
+                                return mem < 0 ? std::nullopt : read_header(mem, at);
+                              });
+  if (mem >= 0)
+    ::close(mem);
+  for (const auto& region : regions) {
     // Whole huge pages only: a partial one at either end cannot collapse.
     auto first = round_up(region.start, huge_page_size);
     auto last = region.end / huge_page_size * huge_page_size;
@@ -206,7 +224,17 @@ heap_huge_pages::heap_huge_pages() {
         {{"thp_mode", mode}});
     return;
   }
-  thread_ = std::thread([this] { run(); });
+  try {
+    thread_ = std::thread([this] {
+      try {
+        run();
+      } catch (const std::exception& e) { // memory for a pass, most likely
+        log(log_level::warning, "heap huge pages stopped", {{"error", e.what()}});
+      }
+    });
+  } catch (const std::exception& e) {
+    log(log_level::warning, "heap huge pages not started", {{"error", e.what()}});
+  }
 }
 
 heap_huge_pages::~heap_huge_pages() {
@@ -220,7 +248,10 @@ heap_huge_pages::~heap_huge_pages() {
 }
 
 void heap_huge_pages::nudge() {
-  if (!backed_off_.exchange(false, std::memory_order_relaxed))
+  // A load first: a burst of registrations then reads a shared line
+  // instead of all writing it.
+  if (!backed_off_.load(std::memory_order_relaxed) ||
+      !backed_off_.exchange(false, std::memory_order_relaxed))
     return; // checking every second already, or nudged since it backed off
   {
     std::lock_guard<std::mutex> guard(mx_);

@@ -43,7 +43,7 @@ int run(const mg::modelgate_config& cfg) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
-  mg::heap_huge_pages huge_pages; // outlives every thread that allocates
+  mg::heap_huge_pages huge_pages; // outlives the HTTP server, whose handler nudges it
 
   caf::actor_system_config sys_cfg;
   // Two workers run the supervisor, the probers and the router; the
