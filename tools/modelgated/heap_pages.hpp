@@ -5,26 +5,30 @@
 // the probe client, the registry's record), scattered over tens of
 // megabytes of 4 KiB pages that go cold between one tick and the next. With
 // malloc's heaps in 2 MiB pages instead, the CPU per probe fell by about a
-// sixth at 10,000 servers (18.3 to 15.3 µs; at 1,000 servers the change was
-// within the noise: docs/benchmarks.md, session 9). We take the reason to
-// be fewer TLB misses, each dearer in a virtual machine, and fewer stalls
-// from below the guest (build/bin/cold_touch ... huge); the A/B measured
-// the effect, not the mechanism.
+// sixth at 10,000 servers (18.3 to 15.3 µs; docs/benchmarks.md, session
+// 9). We take the reason to be fewer TLB misses, each dearer in a virtual
+// machine, and, on the development machine, no stalls from below the guest
+// on memory idle for a second (build/bin/cold_touch ... huge: 0.1 % of
+// touches against 2-10 %); the A/B measured the effect, not the mechanism.
 //
 // glibc's malloc does not ask for huge pages by itself (its
 // glibc.malloc.hugetlb tunable must be in the environment before the
 // program starts, and even then skips the small steps arenas grow by), so
 // modelgated asks the kernel: madvise(MADV_COLLAPSE) (Linux 6.1 and later)
 // over the part of each heap that malloc uses, at start and after the
-// process's memory has grown. Nothing else is asked: no MADV_HUGEPAGE, so no
+// process's memory has grown; and malloc's heaps grow in steps of 4 MiB
+// (M_TOP_PAD), so that a small daemon's arenas hold whole huge pages too
+// (at 1,000 servers, resident memory 16 -> 30 MiB, CPU per probe a fifth
+// less). Nothing else is asked: no MADV_HUGEPAGE, so no
 // page fault waits on compaction, and no khugepaged filling. Not when the
 // system's THP mode is "never" (MADV_COLLAPSE itself would ignore it), and
 // not on a kernel that cannot collapse. Thread stacks, files and other
 // mappings are left alone. A collapse makes each 2 MiB block of a heap
 // that malloc uses wholly resident, pages it has not touched too (resident
-// memory at 10,000 servers stayed at 65 MiB), and copies the block while
-// the kernel holds the process's memory map, so a page fault or mmap of
-// another thread waits for it: only after growth, a block at a time.
+// memory at 10,000 servers 65 -> 73 MiB with the 4 MiB steps), and copies
+// the block while the kernel holds the process's memory map, so a page
+// fault or mmap of another thread waits for it: only after growth, a block
+// at a time.
 #pragma once
 
 #include <atomic>
