@@ -70,7 +70,7 @@ std::vector<memory_mapping> parse_memory_maps(const std::string& maps_text) {
   std::string line;
   while (std::getline(lines, line)) {
     std::istringstream fields(line);
-    std::string range, offset, device, name;
+    std::string range, offset, device;
     uint64_t inode = 0;
     memory_mapping m;
     if (!(fields >> range >> m.perms >> offset >> device >> inode))
