@@ -4,10 +4,8 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
-#include <fstream>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <unistd.h>
 #include <thread>
 #include <vector>
@@ -98,13 +96,7 @@ TEST_CASE("a pass turns a thread's arena into huge pages where the system allows
   auto middle = reinterpret_cast<uintptr_t>(pieces[pieces.size() / 2].get());
 
   // The real glibc's layout: the piece lies in a heap heap_regions finds.
-  auto regions = heap_regions(parse_memory_maps([] {
-                                std::ifstream in("/proc/self/maps");
-                                std::stringstream text;
-                                text << in.rdbuf();
-                                return text.str();
-                              }()),
-                              read_own_header);
+  auto regions = heap_regions(own_memory_maps(), read_own_header);
   CHECK(std::any_of(regions.begin(), regions.end(),
                     [&](const address_range& r) { return r.start <= middle && middle < r.end; }));
 

@@ -91,6 +91,10 @@ std::vector<memory_mapping> parse_memory_maps(const std::string& maps_text) {
   return out;
 }
 
+std::vector<memory_mapping> own_memory_maps() {
+  return parse_memory_maps(read_file("/proc/self/maps"));
+}
+
 namespace {
 
 std::optional<arena_heap_header> read_header(int mem, uintptr_t address) {
@@ -190,7 +194,7 @@ huge_page_pass collapse_heap_huge_pages() {
   if (transparent_huge_page_mode() == "never")
     return pass; // MADV_COLLAPSE would not ask; the administrator has
   int mem = ::open("/proc/self/mem", O_RDONLY | O_CLOEXEC); // one for the pass
-  auto regions = heap_regions(parse_memory_maps(read_file("/proc/self/maps")),
+  auto regions = heap_regions(own_memory_maps(),
                               [mem](uintptr_t at) -> std::optional<arena_heap_header> {
                                 return mem < 0 ? std::nullopt : read_header(mem, at);
                               });

@@ -55,6 +55,9 @@ struct memory_mapping {
 
 std::vector<memory_mapping> parse_memory_maps(const std::string& maps_text);
 
+/// This process's mappings (/proc/self/maps).
+std::vector<memory_mapping> own_memory_maps();
+
 /// The header glibc (2.35 and later) puts at the start of each arena heap,
 /// an aligned 64 MiB reservation (HEAP_MAX_SIZE): malloc_state* ar_ptr,
 /// heap_info* prev, size_t size, mprotect_size, pagesize.
